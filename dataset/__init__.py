@@ -1,0 +1,48 @@
+"""Data: file discovery (folders), torch datasets (images), synthetic demo data
+(demo) and natural synthetic anomalies for image-level masking (nsa)."""
+
+from dataset.demo import make_demo_dataset
+from dataset.folders import (
+    CATEGORIES,
+    DATASET_URLS,
+    MTD_SPLIT_SEED,
+    MVTEC_CATEGORIES,
+    CategoryFiles,
+    TestSample,
+    category_files,
+    list_categories,
+)
+from dataset.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EpochSampler,
+    TestImages,
+    TrainImages,
+    denormalize,
+    load_image,
+    load_mask,
+    seed_worker,
+    to_tensor,
+)
+
+__all__ = [
+    "CATEGORIES",
+    "DATASET_URLS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MTD_SPLIT_SEED",
+    "MVTEC_CATEGORIES",
+    "CategoryFiles",
+    "EpochSampler",
+    "TestImages",
+    "TestSample",
+    "TrainImages",
+    "category_files",
+    "denormalize",
+    "list_categories",
+    "load_image",
+    "load_mask",
+    "make_demo_dataset",
+    "seed_worker",
+    "to_tensor",
+]

@@ -1,0 +1,213 @@
+"""Find the training and test files of one category of MVTec AD, BTAD or MTD.
+
+Only paths are gathered here; `dataset/images.py` decodes them. Every problem
+with the folders is reported as an InputError with one sentence a user can act
+on, so that a run never starts on a silently empty or half-labelled set.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import InputError
+
+MVTEC_CATEGORIES = (
+    "carpet", "grid", "leather", "tile", "wood",
+    "bottle", "cable", "capsule", "hazelnut", "metal_nut",
+    "pill", "screw", "toothbrush", "transistor", "zipper",
+)
+# The categories each dataset is evaluated on by default; the MVTec layout
+# accepts any other category name too (custom data).
+CATEGORIES = {
+    "mvtec": MVTEC_CATEGORIES,
+    "btad": ("01", "02", "03"),
+    "mtd": ("mtd",),
+}
+DATASET_URLS = {
+    "mvtec": "https://www.mvtec.com/company/research/datasets/mvtec-ad",
+    "btad": "http://avires.dimi.uniud.it/papers/btad/btad.zip",
+    "mtd": "https://github.com/abin24/Magnetic-tile-defect-datasets.",
+}
+LAYOUTS = {
+    "mvtec": "<root>/<category>/train/good/*.png, <root>/<category>/test/<good|defect>/*.png"
+    " and <root>/<category>/ground_truth/<defect>/<name>_mask.png",
+    "btad": "<root>/<category>/train/ok/*, <root>/<category>/test/<ok|ko>/*"
+    " and <root>/<category>/ground_truth/ko/<name>.<png|bmp>",
+    "mtd": "<root>/MT_Free/Imgs/*.jpg and <root>/MT_<defect>/Imgs/<name>.jpg with <name>.png masks",
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# MTD ships no split. The paper follows [35]: 80% of the normal images, drawn at
+# random, for training; the rest and every defective image for testing. The
+# draw is fixed (111, the authors' training seed) so that the split never
+# depends on the run's seed or on which other categories ran before.
+MTD_SPLIT_SEED = 111
+MTD_TRAIN_FRACTION = 0.8
+MTD_NORMAL_FOLDER = "MT_Free"
+
+
+@dataclass(frozen=True)
+class TestSample:
+    """One test image: its ground-truth mask (None for a normal image), label
+    (0 normal, 1 anomalous) and defect type (the folder it came from)."""
+
+    __test__ = False  # a data class, not a pytest test class
+
+    image: Path
+    mask: Path | None
+    label: int
+    defect: str
+
+
+@dataclass
+class CategoryFiles:
+    """The sorted training images (normal only) and test samples of a category."""
+
+    train: list[Path]
+    test: list[TestSample]
+
+    @property
+    def has_anomalies(self) -> bool:
+        """False when the test set holds no anomalous image (AU-ROC undefined)."""
+        return any(sample.label == 1 for sample in self.test)
+
+    @property
+    def has_normals(self) -> bool:
+        """False when the test set holds no normal image (AU-ROC undefined)."""
+        return any(sample.label == 0 for sample in self.test)
+
+
+def category_files(dataset: str, root: str | Path, category: str) -> CategoryFiles:
+    """Gather the files of `category` in `root`, laid out as `dataset` is.
+
+    dataset: "mvtec" (also any custom folder in the MVTec layout), "btad" or "mtd".
+    """
+    root = _checked_root(dataset, root)
+    found = list_categories(dataset, root)
+    if category not in found:
+        found_text = ", ".join(found) or "none"
+        raise InputError(f"Category '{category}' not found in {root}; found: {found_text}.")
+    if dataset == "mvtec":
+        return _folder_files(root / category, normal="good", mask_suffix="_mask")
+    if dataset == "btad":
+        return _folder_files(root / category, normal="ok", mask_suffix="")
+    return _mtd_files(root)
+
+
+def list_categories(dataset: str, root: str | Path) -> tuple[str, ...]:
+    """The category names present in `root` (sorted folder names; ("mtd",) for MTD)."""
+    root = _checked_root(dataset, root)
+    if dataset == "mtd":
+        return CATEGORIES["mtd"]
+    return tuple(folder.name for folder in _subfolders(root))
+
+
+def _checked_root(dataset: str, root: str | Path) -> Path:
+    if dataset not in CATEGORIES:
+        raise InputError(
+            f"Unknown dataset '{dataset}'; choose one of {', '.join(CATEGORIES)}."
+        )
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(
+            f"Dataset folder {root} does not exist; expected the layout {LAYOUTS[dataset]}"
+            f" (the dataset is published at {DATASET_URLS[dataset]})."
+        )
+    return root
+
+
+def _folder_files(folder: Path, normal: str, mask_suffix: str) -> CategoryFiles:
+    """MVTec-style category folder: train/<normal>/, test/<type>/, ground_truth/<type>/.
+
+    A defect image `<name>.<ext>` has its mask `ground_truth/<type>/<name><mask_suffix>`
+    with any image extension (BTAD mixes bmp and png).
+    """
+    train_folder = folder / "train" / normal
+    train = _images_in(train_folder)
+    if not train:
+        raise InputError(
+            f"No training images in {train_folder}; put the normal training images"
+            f" ({', '.join(IMAGE_SUFFIXES)}) there."
+        )
+    test_folder = folder / "test"
+    defect_folders = _subfolders(test_folder)
+    if not defect_folders:
+        raise InputError(
+            f"No test images in {test_folder}; expected a subfolder '{normal}' for normal"
+            " images and one per defect type."
+        )
+    test = []
+    for defect_folder in defect_folders:
+        images = _images_in(defect_folder)
+        if not images:
+            raise InputError(f"Test folder {defect_folder} holds no images; add images or remove it.")
+        defect = defect_folder.name
+        for image in images:
+            if defect == normal:
+                test.append(TestSample(image, None, 0, defect))
+            else:
+                mask_stem = folder / "ground_truth" / defect / (image.stem + mask_suffix)
+                test.append(TestSample(image, _mask_for(image, mask_stem), 1, defect))
+    return CategoryFiles(train, test)
+
+
+def _mtd_files(root: Path) -> CategoryFiles:
+    """MTD: a seeded 80/20 split of MT_Free, every MT_<defect> image in the test set."""
+    normal_folder = root / MTD_NORMAL_FOLDER / "Imgs"
+    # Only the .jpg files are images; MT_* folders also hold the .png masks.
+    normals = _images_in(normal_folder, suffixes=(".jpg",))
+    order = np.random.default_rng(MTD_SPLIT_SEED).permutation(len(normals))
+    n_train = round(MTD_TRAIN_FRACTION * len(normals))
+    train = sorted(normals[i] for i in order[:n_train])
+    if not train:
+        raise InputError(
+            f"No training images in {normal_folder}; expected the defect-free MTD images"
+            " as *.jpg there."
+        )
+    test = [
+        TestSample(normals[i], None, 0, MTD_NORMAL_FOLDER) for i in sorted(order[n_train:])
+    ]
+    for defect_folder in _subfolders(root):
+        if not defect_folder.name.startswith("MT_") or defect_folder.name == MTD_NORMAL_FOLDER:
+            continue
+        images = _images_in(defect_folder / "Imgs", suffixes=(".jpg",))
+        if not images:
+            raise InputError(
+                f"Test folder {defect_folder / 'Imgs'} holds no .jpg images; add images or"
+                " remove the folder."
+            )
+        for image in images:
+            mask = _mask_for(image, image.with_suffix(""), suffixes=(".png",))
+            test.append(TestSample(image, mask, 1, defect_folder.name))
+    return CategoryFiles(train, test)
+
+
+def _mask_for(image: Path, mask_stem: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> Path:
+    """The existing file `mask_stem` + one of `suffixes`; an InputError if none exists."""
+    for suffix in suffixes:
+        mask = mask_stem.with_name(mask_stem.name + suffix)
+        if mask.is_file():
+            return mask
+    extensions = "|".join(suffix.lstrip(".") for suffix in suffixes)
+    raise InputError(
+        f"Defect image {image} has no ground-truth mask; expected"
+        f" {mask_stem.name}.<{extensions}> in {mask_stem.parent}."
+    )
+
+
+def _images_in(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Sorted image files directly in `folder` (empty when it does not exist)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith(".")
+    )
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Sorted visible subfolders (hidden ones such as .ipynb_checkpoints skipped)."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))

@@ -1,0 +1,190 @@
+"""Torch datasets: training pairs (clean, NSA-augmented) and test images with masks.
+
+Both datasets decode and resize every image once, at construction, into a uint8
+array held in memory, so epochs never re-decode files and an unreadable file
+stops the run before any training starts.
+"""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from dataset import nsa
+from dataset.folders import TestSample
+from utils.errors import InputError
+
+# ImageNet statistics the teacher was trained with (paper Sec. 4.1).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def load_image(path: Path, image_size: int) -> np.ndarray:
+    """Decode an image as RGB, resized with antialiasing (the authors' Image.ANTIALIAS,
+    i.e. LANCZOS). Returns (S, S, 3) uint8."""
+    return _decode(path, "RGB", image_size, Image.LANCZOS)
+
+
+def load_mask(path: Path, image_size: int) -> np.ndarray:
+    """Decode a ground-truth mask, resized with nearest neighbour and binarised at 0.5.
+    Returns (S, S) bool."""
+    return _decode(path, "L", image_size, Image.NEAREST) > 127
+
+
+def _decode(path: Path, mode: str, image_size: int, resample: int) -> np.ndarray:
+    """Open, fully decode (so that a truncated file fails here, with its name), convert
+    and resize one file. Returns (S, S) or (S, S, 3) uint8."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert(mode).resize((image_size, image_size), resample))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"Cannot read image {path} ({error}); replace or remove the file.") from None
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 normalised with the ImageNet mean and std."""
+    scaled = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255.0)
+    return (scaled - _MEAN) / _STD
+
+
+def denormalize(tensor: torch.Tensor) -> np.ndarray:
+    """Inverse of to_tensor: (3, H, W) normalised -> (H, W, 3) uint8, for figures."""
+    scaled = (tensor.detach().cpu().float() * _STD + _MEAN).clamp(0.0, 1.0)
+    return (scaled * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles like a DataLoader with shuffle=True, but yields keys that carry the epoch.
+
+    Each pass (each iter() call, i.e. each epoch of a DataLoader) yields
+    `epoch * n_items + i` for a permutation i of range(n_items) drawn from
+    `seed + epoch`, then advances its epoch. TrainImages decodes a key with
+    divmod(key, n_items). Why: the augmentation of an item must depend only on
+    (seed, epoch, index), not on the number of workers nor on whether the run
+    was resumed, and DataLoader workers (persistent ones especially) never see
+    attribute changes made in the main process, such as a dataset.set_epoch();
+    the sampler runs in the main process and its keys reach every worker.
+    """
+
+    def __init__(self, n_items: int, seed: int, start_epoch: int = 0):
+        self.n_items = n_items
+        self.seed = seed
+        self.epoch = start_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch `epoch` (e.g. when resuming a run)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        order = torch.randperm(self.n_items, generator=torch.Generator().manual_seed(self.seed + epoch))
+        return iter((epoch * self.n_items + order).tolist())
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed NumPy's and Python's global generators per worker.
+
+    Belt and braces: the datasets draw only from their own per-item generators.
+    """
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+class TrainImages(Dataset):
+    """Normal training images as (clean, augmented) pairs, each (3, S, S) float32 normalised.
+
+    The clean image is the teacher's target; the augmented one is image-level
+    masking (ILM): NSA applied, with probability alpha, to the resized uint8
+    image (NSA runs at the training resolution, as the authors do). With
+    augment=False (ILM off) the pair is (clean, clean) and no NSA work is done.
+    Index it with EpochSampler keys: item key `epoch * len(self) + index` uses
+    the generator np.random.default_rng([seed, epoch, index]).
+    """
+
+    def __init__(
+        self,
+        files: list[Path],
+        category: str,
+        image_size: int,
+        alpha: float = 1.0,
+        nsa_mode: str = "swap",
+        seed: int = 0,
+        augment: bool = True,
+    ):
+        self.files = list(files)
+        self.category = category
+        self.alpha = alpha
+        self.nsa_mode = nsa_mode
+        self.seed = seed
+        self.augment = augment
+        self.images = _preload(self.files, image_size, f"loading {category} train")  # (N, S, S, 3)
+        if augment and alpha > 0 and not nsa.has_constants(category):
+            print(f"note: no NSA constants for category '{category}'; using the texture defaults.")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = divmod(key, len(self.images))
+        image = self.images[index]
+        clean = to_tensor(image)
+        if not self.augment:
+            return clean, clean
+        rng = np.random.default_rng([self.seed, epoch, index])
+        augmented, _ = nsa.maybe_synthesize(image, self.category, rng, self.alpha, self.nsa_mode)
+        return clean, to_tensor(augmented)
+
+
+class TestImages(Dataset):
+    """Test images with their masks and labels; test data never goes through NSA.
+
+    Attributes: samples (list of TestSample), images (N, S, S, 3) uint8,
+    masks (N, S, S) bool (all False for normal images), labels (N,) int64.
+    An item is (image (3, S, S) float32 normalised, mask (1, S, S) float32 in {0, 1},
+    label int).
+    """
+
+    __test__ = False  # a dataset, not a pytest test class
+
+    def __init__(self, samples: list[TestSample], image_size: int):
+        self.samples = list(samples)
+        self.images = _preload([sample.image for sample in self.samples], image_size, "loading test")
+        masks = np.zeros((len(self.samples), image_size, image_size), dtype=bool)
+        for i, sample in enumerate(self.samples):
+            if sample.mask is not None:
+                masks[i] = load_mask(sample.mask, image_size)
+        masks.flags.writeable = False
+        self.masks = masks
+        # Labels come from the folders: the authors derive them from the masks,
+        # which agrees on every dataset here, but a defect too small to survive a
+        # nearest-neighbour resize would otherwise count as normal.
+        self.labels = np.array([sample.label for sample in self.samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        mask = torch.from_numpy(self.masks[index].astype(np.float32)).unsqueeze(0)  # (1, S, S)
+        return to_tensor(self.images[index]), mask, int(self.labels[index])
+
+
+def _preload(paths: list[Path], image_size: int, description: str) -> np.ndarray:
+    """Decode and resize every image once. Returns (N, S, S, 3) uint8, read-only so
+    that no augmentation can alter the cache in place."""
+    images = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    for i, path in enumerate(tqdm(paths, desc=description, leave=False)):
+        images[i] = load_image(path, image_size)
+    images.flags.writeable = False
+    return images

@@ -1,0 +1,261 @@
+"""MRKD: masked reverse knowledge distillation for image anomaly detection.
+
+Jiang, Cao, Shen, Knowledge-Based Systems 280 (2023) 110982. Trains one model per
+category, evaluates it after the last epoch and prints the paper's metrics.
+
+    python main.py                          # the paper's MVTec AD run, all 15 categories
+    python main.py --demo                   # the whole pipeline on generated demo data, CPU minutes
+    python main.py --categories=bottle,cable --epochs=50 --run_name=try1
+    python main.py --help                   # the constants below, with their sources
+
+Every UPPER_CASE constant below can be overridden as --name=value (lower case;
+lists comma-separated; none for no value).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# ---- constants (each names its source) -------------------------------------------------
+# Data
+DATA_DIR = "data/mvtec_anomaly_detection"  # where the dataset is unpacked
+DATASET = "mvtec"               # "mvtec" (Tables 1-2), "mtd" (Table 3) or "btad" (Table 4); Sec. 4.1
+CATEGORIES = ()                 # categories to run; empty: every category of DATASET
+IMAGE_SIZE = 256                # Sec. 4.1: images resized to 256x256
+# Method
+BACKBONE = "wide_resnet50_2"    # Sec. 3.2; Table 8 also uses resnet18 and resnet50
+WEIGHTS = "imagenet"            # teacher weights: "imagenet" (IMAGENET1K_V1, as the authors), none, or a .pth path
+ILM = True                      # Table 5: image-level masking (NSA images as the student's input)
+FLM = True                      # Table 5: feature-level masking and the generation modules G
+FLM_RATIO = 0.2                 # lambda of Eq. (2), Sec. 4.1; Fig. 11 sweeps 0-0.8
+ALPHA = 1.0                     # Table 6: proportion of training images given NSA anomalies; authors' implementation
+NSA_MODE = "swap"               # authors' implementation; "poisson" or "mixed": NSA's own seamless blending
+SCORE_LEVELS = (1, 2, 3)        # Eq. (5): levels summed into the map; Table 7 (SM^1 ... SM^1&2&3)
+# Training
+EPOCHS = 200                    # Sec. 4.1
+BATCH_SIZE = 16                 # Sec. 4.1
+LEARNING_RATE = 0.005           # Sec. 4.1
+BETAS = (0.5, 0.999)            # Adam betas, authors' implementation
+SEED = 111                      # authors' implementation; here re-applied at the start of every category
+# Evaluation
+SIGMA = 4.0                     # Gaussian smoothing of the map, authors' implementation (Sec. 3.4 is silent)
+EVAL_MASKS = 1                  # K, FLM masks averaged at test time; Sec. 3.4 uses one
+EVAL_EVERY = 0                  # diagnostic only: also evaluate every N epochs (0: never); never picks the result
+# Running
+DEVICE = "auto"                 # "auto" (first CUDA GPU, else CPU), "cpu", "cuda", "cuda:1"
+WORKERS = 4                     # DataLoader workers doing the NSA synthesis
+FAST = False                    # opt-in fast path (mixed precision, channels_last); the default stays fp32
+CHECKPOINT_EVERY = 10           # save a resumable checkpoint every N epochs (and after the last)
+RUN_NAME = "mrkd"               # results/<run>/ and checkpoints/<run>/
+RESULTS_DIR = "results"         # where runs write metrics, predictions and figures
+CHECKPOINT_DIR = "checkpoints"  # where runs write their checkpoints
+RESUME = False                  # continue an interrupted run from its last checkpoint
+EVAL_ONLY = False               # evaluate the run's saved checkpoints, no training
+OVERWRITE = False               # allow a new run to replace an existing run's results
+DEMO = False                    # run on generated demo data with DEMO_CONFIG below
+# ----------------------------------------------------------------------------------------
+CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isupper()}
+
+# What --demo changes (other overrides still apply on top): small images, a few epochs and
+# random teacher weights, so the whole pipeline runs in minutes on a 2-core CPU, offline.
+DEMO_CONFIG = dict(
+    DATA_DIR="results/demo_data", DATASET="mvtec", CATEGORIES=("demo_texture", "demo_object"),
+    IMAGE_SIZE=64, BACKBONE="wide_resnet50_2", WEIGHTS=None, EPOCHS=4, BATCH_SIZE=8, WORKERS=0,
+    RUN_NAME="demo", OVERWRITE=True,
+)
+
+import numpy as np  # noqa: E402  (after the constants, so they stay at the top of the file)
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
+from dataset import EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
+from dataset.demo import make_demo_dataset  # noqa: E402
+from dataset.nsa import MODES as NSA_MODES  # noqa: E402
+from model import MRKD, build_model  # noqa: E402
+from model.teacher import check_backbone  # noqa: E402
+from utils import metrics  # noqa: E402
+from utils.config import apply_overrides  # noqa: E402
+from utils.engine import (Diverged, Precision, load_checkpoint, pick_device, precision_for, predict,  # noqa: E402
+                          save_checkpoint, seed_everything, train_epoch)
+from utils.errors import InputError  # noqa: E402
+from utils.paper import PAPER  # noqa: E402
+from utils.report import category_line, write_tables  # noqa: E402
+
+
+def resolve_config(argv: list[str]) -> dict[str, Any]:
+    """The constants, with DEMO_CONFIG if --demo is given, then the command-line overrides."""
+    config = apply_overrides(CONSTANTS, argv)
+    if config["DEMO"]:
+        config = apply_overrides({**CONSTANTS, **DEMO_CONFIG, "DEMO": True}, argv)
+    check_config(config)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """One clear sentence for a constant outside its range."""
+    rules = [
+        (config["DATASET"] in DATASET_CATEGORIES, f"DATASET must be one of {', '.join(DATASET_CATEGORIES)}"),
+        (config["IMAGE_SIZE"] >= 32 and config["IMAGE_SIZE"] % 32 == 0, "IMAGE_SIZE must be a multiple of 32"),
+        (0 <= config["FLM_RATIO"] < 1, "FLM_RATIO (lambda) must lie in [0, 1)"),
+        (0 <= config["ALPHA"] <= 1, "ALPHA must lie in [0, 1]"),
+        (config["NSA_MODE"] in NSA_MODES, f"NSA_MODE must be one of {', '.join(NSA_MODES)}"),
+        (len(config["SCORE_LEVELS"]) > 0 and set(config["SCORE_LEVELS"]) <= {1, 2, 3},
+         "SCORE_LEVELS must be a non-empty subset of 1,2,3"),
+        (config["EPOCHS"] >= 1 and config["BATCH_SIZE"] >= 1, "EPOCHS and BATCH_SIZE must be at least 1"),
+        (config["EVAL_MASKS"] >= 1, "EVAL_MASKS must be at least 1"),
+        (config["WORKERS"] >= 0 and config["CHECKPOINT_EVERY"] >= 1 and config["EVAL_EVERY"] >= 0,
+         "WORKERS and EVAL_EVERY must be at least 0, CHECKPOINT_EVERY at least 1"),
+        (len(config["BETAS"]) == 2 and all(0 <= b < 1 for b in config["BETAS"]), "BETAS must be two numbers in [0, 1)"),
+        (re.fullmatch(r"[\w.-]+", config["RUN_NAME"] or "") is not None,
+         "RUN_NAME must be letters, digits, '_', '-' or '.'"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise InputError(f"{message}.")
+    check_backbone(config["BACKBONE"])
+
+
+def run_folders(config: dict[str, Any]) -> tuple[Path, Path]:
+    """results/<run>/ and checkpoints/<run>/, refusing to replace another run's results by accident."""
+    results = Path(config["RESULTS_DIR"]) / config["RUN_NAME"]
+    checkpoints = Path(config["CHECKPOINT_DIR"]) / config["RUN_NAME"]
+    reusing = config["RESUME"] or config["EVAL_ONLY"] or config["OVERWRITE"]
+    if (results / "config.json").exists() and not reusing:
+        raise InputError(f"A run named {config['RUN_NAME']!r} exists in {results}; choose another --run_name, "
+                         f"or --resume=True, --eval_only=True or --overwrite=True.")
+    results.mkdir(parents=True, exist_ok=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (results / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return results, checkpoints
+
+
+def train_category(model: MRKD, category: str, train_files: list[Path], test_set: TestImages,
+                   config: dict[str, Any], device: torch.device, precision: Precision, checkpoint: Path) -> None:
+    """Adam over theta_B, theta_S, theta_G for EPOCHS epochs (Algorithm 1), resumable."""
+    seed = config["SEED"]
+    train_set = TrainImages(train_files, category, config["IMAGE_SIZE"], alpha=config["ALPHA"],
+                            nsa_mode=config["NSA_MODE"], seed=seed, augment=config["ILM"])
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["LEARNING_RATE"], betas=config["BETAS"])
+    start = 0
+    if config["RESUME"] and checkpoint.exists():
+        start = load_checkpoint(checkpoint, model, optimizer, device)["epoch"]
+        tqdm.write(f"{category}: resuming after epoch {start}")
+    epochs = config["EPOCHS"]
+    if start >= epochs:
+        return
+    loader = DataLoader(train_set, batch_size=config["BATCH_SIZE"], sampler=EpochSampler(len(train_set), seed, start),
+                        num_workers=config["WORKERS"], persistent_workers=config["WORKERS"] > 0,
+                        pin_memory=device.type == "cuda", worker_init_fn=seed_worker)
+    bar = tqdm(total=(epochs - start) * len(loader), desc=f"{category} training", unit="step", dynamic_ncols=True)
+    for epoch in range(start, epochs):
+        started = time.perf_counter()
+        # FLM masks of each epoch come from their own seed, so a resumed run repeats them.
+        mask_generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        try:
+            loss = train_epoch(model, loader, optimizer, device, config["ILM"], mask_generator, precision,
+                               on_step=lambda value: (bar.update(), bar.set_postfix(loss=f"{value:.4f}")))
+        except Diverged as error:
+            bar.close()
+            kept = f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else "no checkpoint was saved yet"
+            raise Diverged(f"{category}: training stopped in epoch {epoch + 1}: {error}; {kept}.") from None
+        tqdm.write(f"{category} epoch {epoch + 1}/{epochs} loss {loss:.4f} ({time.perf_counter() - started:.1f} s)")
+        if (epoch + 1) % config["CHECKPOINT_EVERY"] == 0 or epoch + 1 == epochs:
+            save_checkpoint(checkpoint, model, optimizer, epoch + 1, config)
+        if config["EVAL_EVERY"] and (epoch + 1) % config["EVAL_EVERY"] == 0 and epoch + 1 < epochs:
+            diagnostic = evaluate_category(model, test_set, config, device, precision)[0]
+            tqdm.write(f"  diagnostic only, never used to pick a result: {category_line(category, diagnostic)}")
+    bar.close()
+
+
+def evaluate_category(model: MRKD, test_set: TestImages, config: dict[str, Any], device: torch.device,
+                      precision: Precision) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
+    loader = DataLoader(test_set, batch_size=config["BATCH_SIZE"], shuffle=False,
+                        num_workers=min(config["WORKERS"], 2), pin_memory=device.type == "cuda")
+    scores, maps = predict(model, loader, device, config["IMAGE_SIZE"], config["SCORE_LEVELS"], config["SIGMA"],
+                           config["EVAL_MASKS"], mask_seed=config["SEED"], precision=precision)
+    values = {
+        "image_auroc": metrics.image_auroc(test_set.labels, scores),
+        "pixel_auroc": metrics.pixel_auroc(test_set.masks, maps),
+        "aupro": metrics.aupro(test_set.masks, maps),
+        "aupro_per_image": metrics.aupro_per_image(test_set.masks, maps),
+    }
+    return values, scores, maps
+
+
+def run_category(config: dict[str, Any], category: str, device: torch.device, results: Path,
+                 checkpoints: Path) -> dict[str, Any]:
+    """Build, train (or load), evaluate after the last epoch, save; returns the table row."""
+    files = category_files(config["DATASET"], config["DATA_DIR"], category)
+    if not files.has_anomalies:
+        tqdm.write(f"{category}: skipped, its test set holds no anomalous image to evaluate on.")
+        return {"category": category, "status": "no anomalous test image"}
+    seed_everything(config["SEED"])  # a fresh seed per category: results do not depend on the loop order
+    model = build_model(config["BACKBONE"], config["WEIGHTS"], config["FLM_RATIO"], config["FLM"]).to(device)
+    precision = precision_for(device, config["FAST"])
+    checkpoint = checkpoints / f"{category}.pt"
+    test_set = TestImages(files.test, config["IMAGE_SIZE"])
+    if config["EVAL_ONLY"]:
+        load_checkpoint(checkpoint, model, None, device)
+    else:
+        try:
+            train_category(model, category, files.train, test_set, config, device, precision, checkpoint)
+        except Diverged as error:
+            tqdm.write(str(error))
+            return {"category": category, "status": "diverged"}
+    values, scores, maps = evaluate_category(model, test_set, config, device, precision)
+    np.savez_compressed(results / "predictions" / f"{category}.npz", scores=scores, labels=test_set.labels)
+    return {"category": category, **values, "status": "ok"}
+
+
+def run(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every category in turn; the table is rewritten after each, so nothing is lost on a crash."""
+    if config["DEMO"]:
+        config["CATEGORIES"] = make_demo_dataset(Path(config["DATA_DIR"]))
+    categories = config["CATEGORIES"] or DATASET_CATEGORIES[config["DATASET"]]
+    for category in categories:  # check the data of every category before any work
+        category_files(config["DATASET"], config["DATA_DIR"], category)
+    device = pick_device(config["DEVICE"])
+    results, checkpoints = run_folders(config)
+    (results / "predictions").mkdir(exist_ok=True)
+    paper = PAPER.get(("mrkd", config["DATASET"]))
+    print(f"MRKD run {config['RUN_NAME']!r} on {device}: {len(categories)} categories, results in {results}")
+    rows = []
+    for category in categories:
+        rows.append(run_category(config, category, device, results, checkpoints))
+        tqdm.write(category_line(category, rows[-1]))
+        table = write_tables(results, "metrics", rows, paper)
+    print("\n" + table)
+    return rows
+
+
+def usage() -> str:
+    """The module docstring and the constants block of this file, as the help text."""
+    source = Path(__file__).read_text()
+    block = source[source.index("# ---- constants"):source.index("CONSTANTS = ")]
+    return __doc__ + "\n" + block
+
+
+def main(argv: list[str]) -> int:
+    if "--help" in argv or "-h" in argv:
+        print(usage())
+        return 0
+    try:
+        rows = run(resolve_config(argv))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun with --resume=True to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    return 1 if any(row["status"] == "diverged" for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

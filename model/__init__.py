@@ -1,0 +1,82 @@
+"""MRKD's networks (Fig. 3): frozen teacher T, bottleneck B, reversed student S, generation modules G."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.bottleneck import OneClassBottleneck
+from model.generator import Generator
+from model.student import ReversedStudent
+from model.teacher import BACKBONES, Teacher
+
+__all__ = ["BACKBONES", "MRKD", "build_model"]
+
+
+class MRKD(nn.Module):
+    """Teacher, bottleneck, student and (with FLM) one generation module per level.
+
+    Attributes: `teacher`, `bottleneck`, `student`, and `generators`, a ModuleList
+    ordered finest level first (level 1: H/4, level 2: H/8, level 3: H/16), empty
+    when FLM is off, in which case the student's output is compared directly.
+    """
+
+    def __init__(self, teacher: Teacher, flm: bool = True, flm_ratio: float = 0.2):
+        super().__init__()
+        if not 0 <= flm_ratio < 1:
+            raise ValueError(f"flm_ratio (lambda) must lie in [0, 1), got {flm_ratio}.")
+        self.teacher = teacher
+        self.bottleneck = OneClassBottleneck(teacher.block, teacher.channels, teacher.width_per_group)
+        self.student = ReversedStudent(teacher.block, self.bottleneck.out_channels, teacher.width_per_group)
+        self.generators = nn.ModuleList([Generator(c) for c in teacher.channels] if flm else [])
+        self.flm_ratio = flm_ratio
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """theta_B, theta_S and theta_G: everything but the frozen teacher."""
+        return [p for part in (self.bottleneck, self.student, self.generators) for p in part.parameters()]
+
+    def forward(self, images: torch.Tensor, augmented: torch.Tensor | None = None,
+                mask_generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher features of `images` and the restored features, Eq. (1)-(3).
+
+        images: (B, 3, H, W), the clean images x_n whose teacher features f_T,n are the
+        target. augmented: the ILM inputs x_a (B, 3, H, W), or None to feed the clean
+        features to the student (test time, and training without ILM as in RD4AD).
+        mask_generator draws the FLM masks (None: the global RNG).
+        Returns (f_T [3 x (B, C_l, H_l, W_l)], f_G [same shapes]), finest level first.
+        """
+        target, student = self.distill(images, augmented)
+        return target, self.restore(student, mask_generator)
+
+    def distill(self, images: torch.Tensor, augmented: torch.Tensor | None = None
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher targets f_T,n and student features f_S = S(B(T(x_a))), Eq. (1)."""
+        if augmented is None:
+            target = inputs = self.teacher(images)
+        else:
+            # One teacher pass over both batches: the teacher is in eval mode, so
+            # stacking changes nothing but the speed.
+            both = self.teacher(torch.cat([images, augmented]))
+            target = [f[: len(images)] for f in both]
+            inputs = [f[len(images):] for f in both]
+        return target, self.student(self.bottleneck(inputs))
+
+    def restore(self, student: list[torch.Tensor], mask_generator: torch.Generator | None = None
+                ) -> list[torch.Tensor]:
+        """FLM, Eq. (2)-(3): f_G^l = G^l(f_S^l * M^l); without FLM the student's features as they are.
+
+        Only this step is random, so K test-time masks need K calls of it, not K passes
+        of the whole network.
+        """
+        if not len(self.generators):
+            return student
+        return [g(f, self.flm_ratio, mask_generator) for g, f in zip(self.generators, student)]
+
+
+def build_model(backbone: str = "wide_resnet50_2", weights: str | None = "imagenet",
+                flm_ratio: float = 0.2, flm: bool = True) -> MRKD:
+    """MRKD on a torchvision backbone (Table 8: resnet18, resnet50, wide_resnet50_2).
+
+    weights: "imagenet" (torchvision's IMAGENET1K_V1, the paper's), None (random
+    init, for tests and offline demos) or the path of a .pth state dict.
+    """
+    return MRKD(Teacher(backbone, weights), flm=flm, flm_ratio=flm_ratio)

@@ -1,0 +1,34 @@
+"""Feature-level masking (FLM) and the generation modules G (Sec. 3.3)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def flm_mask(features: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Feature-level mask M^l, Eq. (2).
+
+    features: (B, C, H, W); returns M (B, 1, H, W) of 0/1 in the features' dtype: each
+    spatial position is zeroed across all channels with probability `ratio` (lambda),
+    drawn per sample. R ~ U(0, 1) is drawn on the generator's device (the CPU when
+    none is given and the features live there), then moved, so one seeded CPU
+    generator gives the same masks on any device.
+    """
+    batch, _, height, width = features.shape
+    device = generator.device if generator is not None else features.device
+    r = torch.rand((batch, 1, height, width), generator=generator, device=device)
+    return (r >= ratio).to(device=features.device, dtype=features.dtype)
+
+
+class Generator(nn.Module):
+    """G^l = W2(ReLU(W1(.))), two 3x3 convs with bias keeping C channels, Eq. (3)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, f_s: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """f_S^l (B, C, H, W) -> f_G^l = G(f_S^l * M^l) (B, C, H, W), Eq. (2)-(3)."""
+        return self.conv2(self.relu(self.conv1(f_s * flm_mask(f_s, ratio, generator))))

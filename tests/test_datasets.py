@@ -1,0 +1,295 @@
+"""File discovery, image loading and the training/test datasets, on tiny fake folders."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from dataset import folders, images
+from dataset.folders import category_files
+from dataset.images import EpochSampler, TestImages, TrainImages
+from utils.errors import InputError
+
+
+def _write(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _noise(seed: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+
+def _mask(size: int = 32) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[: size // 2, : size // 2] = 255
+    return mask
+
+
+def _mvtec(root: Path, category: str = "bottle", n_train: int = 3, n_good: int = 2,
+           defects: dict[str, int] | None = None) -> Path:
+    """A fake MVTec category; names are written out of order to check sorting."""
+    defects = {"crack": 2, "broken": 1} if defects is None else defects
+    folder = root / category
+    for i in reversed(range(n_train)):
+        _write(folder / "train" / "good" / f"{i:03d}.png", _noise(i))
+    for i in reversed(range(n_good)):
+        _write(folder / "test" / "good" / f"{i:03d}.png", _noise(100 + i))
+    for defect, count in defects.items():
+        for i in reversed(range(count)):
+            _write(folder / "test" / defect / f"{i:03d}.png", _noise(200 + i))
+            _write(folder / "ground_truth" / defect / f"{i:03d}_mask.png", _mask())
+    return folder
+
+
+# ---- file discovery -------------------------------------------------------
+
+def test_mvtec_layout(tmp_path):
+    folder = _mvtec(tmp_path)
+    files = category_files("mvtec", tmp_path, "bottle")
+    assert files.train == [folder / "train" / "good" / f"{i:03d}.png" for i in range(3)]
+    assert [(s.defect, s.image.name, s.label) for s in files.test] == [
+        ("broken", "000.png", 1),
+        ("crack", "000.png", 1), ("crack", "001.png", 1),
+        ("good", "000.png", 0), ("good", "001.png", 0),
+    ]
+    for sample in files.test:
+        if sample.label:
+            assert sample.mask == folder / "ground_truth" / sample.defect / f"{sample.image.stem}_mask.png"
+        else:
+            assert sample.mask is None
+    assert files.has_anomalies and files.has_normals
+
+
+def test_custom_category_name(tmp_path):
+    _mvtec(tmp_path, category="my_parts")
+    files = category_files("mvtec", str(tmp_path), "my_parts")
+    assert len(files.train) == 3 and len(files.test) == 5
+
+
+def test_btad_layout_with_bmp_and_png(tmp_path):
+    folder = tmp_path / "01"
+    _write(folder / "train" / "ok" / "0000.bmp", _noise(0))
+    _write(folder / "train" / "ok" / "0001.png", _noise(1))
+    _write(folder / "test" / "ok" / "0000.bmp", _noise(2))
+    _write(folder / "test" / "ko" / "0000.bmp", _noise(3))
+    _write(folder / "test" / "ko" / "0001.png", _noise(4))
+    _write(folder / "ground_truth" / "ko" / "0000.png", _mask())  # bmp image, png mask
+    _write(folder / "ground_truth" / "ko" / "0001.bmp", _mask())  # png image, bmp mask
+    files = category_files("btad", tmp_path, "01")
+    assert [p.name for p in files.train] == ["0000.bmp", "0001.png"]
+    assert [(s.image.name, s.mask and s.mask.name, s.label) for s in files.test] == [
+        ("0000.bmp", "0000.png", 1), ("0001.png", "0001.bmp", 1), ("0000.bmp", None, 0),
+    ]
+
+
+def _mtd(root: Path, n_free: int = 10) -> Path:
+    for i in range(n_free):
+        _write(root / "MT_Free" / "Imgs" / f"free_{i:02d}.jpg", _noise(i))
+    _write(root / "MT_Free" / "Imgs" / "free_00.png", _mask())  # a mask in MT_Free is no image
+    for defect in ("MT_Blowhole", "MT_Crack"):
+        for i in range(2):
+            _write(root / defect / "Imgs" / f"{defect}_{i}.jpg", _noise(50 + i))
+            _write(root / defect / "Imgs" / f"{defect}_{i}.png", _mask())
+    return root
+
+
+def test_mtd_split(tmp_path):
+    _mtd(tmp_path)
+    files = category_files("mtd", tmp_path, "mtd")
+    normals = [s.image for s in files.test if s.label == 0]
+    defective = [s for s in files.test if s.label == 1]
+    assert len(files.train) == 8 and len(normals) == 2
+    assert not set(files.train) & set(normals)
+    assert all(p.suffix == ".jpg" for p in files.train + normals)
+    assert files.train == sorted(files.train)
+    assert [s.image.name for s in defective] == [
+        "MT_Blowhole_0.jpg", "MT_Blowhole_1.jpg", "MT_Crack_0.jpg", "MT_Crack_1.jpg"]
+    assert all(s.mask == s.image.with_suffix(".png") for s in defective)
+    again = category_files("mtd", tmp_path, "mtd")
+    assert again.train == files.train and again.test == files.test
+
+
+# ---- bad input ------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset", ["mvtec", "btad", "mtd"])
+def test_missing_root_names_path_and_url(tmp_path, dataset):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(InputError) as error:
+        category_files(dataset, missing, folders.CATEGORIES[dataset][0])
+    assert str(missing) in str(error.value)
+    assert folders.DATASET_URLS[dataset] in str(error.value)
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(InputError, match="Unknown dataset 'visa'; choose one of mvtec, btad, mtd"):
+        category_files("visa", tmp_path, "bottle")
+
+
+def test_missing_category_lists_found(tmp_path):
+    _mvtec(tmp_path, "bottle")
+    _mvtec(tmp_path, "cable")
+    with pytest.raises(InputError, match="Category 'screw' not found .*; found: bottle, cable"):
+        category_files("mvtec", tmp_path, "screw")
+
+
+def test_empty_train_folder(tmp_path):
+    _mvtec(tmp_path, n_train=0)
+    with pytest.raises(InputError, match="No training images in .*train.good"):
+        category_files("mvtec", tmp_path, "bottle")
+
+
+def test_defect_without_mask_names_file(tmp_path):
+    folder = _mvtec(tmp_path)
+    (folder / "ground_truth" / "crack" / "001_mask.png").unlink()
+    with pytest.raises(InputError) as error:
+        category_files("mvtec", tmp_path, "bottle")
+    assert str(folder / "test" / "crack" / "001.png") in str(error.value)
+    assert "001_mask.<png|" in str(error.value)
+
+
+def test_test_folder_without_images(tmp_path):
+    folder = _mvtec(tmp_path)
+    (folder / "test" / "scratch").mkdir()
+    with pytest.raises(InputError, match="Test folder .*scratch holds no images"):
+        category_files("mvtec", tmp_path, "bottle")
+
+
+def test_missing_test_folder(tmp_path):
+    _mvtec(tmp_path, n_good=0, defects={})
+    with pytest.raises(InputError, match="No test images in .*test"):
+        category_files("mvtec", tmp_path, "bottle")
+
+
+def test_category_without_anomalies_is_reported(tmp_path):
+    _mvtec(tmp_path, defects={})
+    files = category_files("mvtec", tmp_path, "bottle")
+    assert not files.has_anomalies and files.has_normals
+    dataset = TestImages(files.test, 16)
+    assert dataset.labels.tolist() == [0, 0] and not dataset.masks.any()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_unreadable_image_names_file(tmp_path, damage):
+    folder = _mvtec(tmp_path)
+    broken = folder / "train" / "good" / "001.png"
+    data = broken.read_bytes()
+    broken.write_bytes(b"not an image" if damage == "garbage" else data[: len(data) // 2])
+    files = category_files("mvtec", tmp_path, "bottle")
+    with pytest.raises(InputError, match=re.escape(f"Cannot read image {broken}")):
+        TrainImages(files.train, "bottle", 16)
+
+
+# ---- loading --------------------------------------------------------------
+
+def test_image_resized_and_normalised(tmp_path):
+    path = _write(tmp_path / "a.png", np.full((40, 30, 3), (255, 0, 128), dtype=np.uint8))
+    tensor = images.to_tensor(images.load_image(path, 8))
+    assert tensor.shape == (3, 8, 8) and tensor.dtype == torch.float32
+    expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    assert torch.allclose(tensor[:, 3, 5], torch.tensor(expected), atol=1e-5)
+    assert (images.denormalize(tensor) == (255, 0, 128)).all()
+
+
+def test_grayscale_becomes_rgb(tmp_path):
+    gray = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    image = images.load_image(_write(tmp_path / "g.png", gray), 16)
+    assert image.shape == (16, 16, 3)
+    assert (image[..., 0] == gray).all() and (image[..., 1] == gray).all() and (image[..., 2] == gray).all()
+
+
+def test_mask_nearest_and_binarised(tmp_path):
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[:, :2] = 128  # just above one half
+    mask[:, 2:] = 127
+    loaded = images.load_mask(_write(tmp_path / "m.png", mask), 8)
+    assert loaded.dtype == bool
+    assert loaded[:, :4].all() and not loaded[:, 4:].any()
+
+
+def test_test_images(tmp_path):
+    folder = _mvtec(tmp_path)
+    # A mask larger than its image is resized like any other.
+    _write(folder / "ground_truth" / "broken" / "000_mask.png", _mask(64))
+    files = category_files("mvtec", tmp_path, "bottle")
+    dataset = TestImages(files.test, 16)
+    assert dataset.images.shape == (5, 16, 16, 3) and dataset.images.dtype == np.uint8
+    assert dataset.masks.shape == (5, 16, 16) and dataset.labels.tolist() == [1, 1, 1, 0, 0]
+    image, mask, label = dataset[0]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.float32
+    assert mask.shape == (1, 16, 16) and mask.dtype == torch.float32 and label == 1
+    assert mask[0, :8, :8].eq(1).all() and mask.sum() == 64
+    assert dataset[4][1].sum() == 0 and dataset[4][2] == 0
+
+
+# ---- training pairs and their randomness ----------------------------------
+
+@pytest.fixture
+def train_files(tmp_path) -> list[Path]:
+    return [_write(tmp_path / f"{i}.png", _noise(i, 64)) for i in range(4)]
+
+
+def test_train_pairs(train_files):
+    dataset = TrainImages(train_files, "carpet", 64, seed=3)
+    clean, augmented = dataset[1]
+    assert clean.shape == augmented.shape == (3, 64, 64)
+    assert clean.dtype == augmented.dtype == torch.float32
+    assert not torch.equal(clean, augmented)
+    assert torch.equal(clean, images.to_tensor(dataset.images[1]))
+    again = dataset[1]
+    assert torch.equal(again[0], clean) and torch.equal(again[1], augmented)
+    next_epoch = dataset[len(dataset) + 1]  # same image, epoch 1
+    assert torch.equal(next_epoch[0], clean) and not torch.equal(next_epoch[1], augmented)
+    other_seed = TrainImages(train_files, "carpet", 64, seed=4)[1]
+    assert not torch.equal(other_seed[1], augmented)
+
+
+@pytest.mark.parametrize("options", [{"alpha": 0.0}, {"augment": False}])
+def test_train_pairs_without_augmentation(train_files, options):
+    dataset = TrainImages(train_files, "carpet", 64, **options)
+    for key in range(2 * len(dataset)):
+        clean, augmented = dataset[key]
+        assert torch.equal(clean, augmented)
+
+
+def test_note_for_category_without_constants_printed_once(train_files, capsys):
+    dataset = TrainImages(train_files, "my_parts", 64)
+    dataset[0], dataset[1]
+    output = capsys.readouterr().out
+    assert output.count("note: no NSA constants for category 'my_parts'") == 1
+    TrainImages(train_files, "carpet", 64)
+    assert "note" not in capsys.readouterr().out
+
+
+def test_epoch_sampler():
+    sampler = EpochSampler(5, seed=0)
+    epochs = [list(sampler) for _ in range(3)]
+    for epoch, keys in enumerate(epochs):
+        epoch_of, index = zip(*(divmod(key, 5) for key in keys))
+        assert set(epoch_of) == {epoch} and sorted(index) == list(range(5))
+    assert len({tuple(k % 5 for k in keys) for keys in epochs}) == 3
+    sampler.set_epoch(1)
+    assert list(sampler) == epochs[1]
+    assert list(EpochSampler(5, seed=0, start_epoch=2)) == epochs[2]
+
+
+def test_loader_batches_do_not_depend_on_workers(train_files):
+    dataset = TrainImages(train_files, "carpet", 64, seed=7)
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        loader = DataLoader(
+            dataset, batch_size=2, sampler=EpochSampler(len(dataset), seed=7),
+            num_workers=workers, worker_init_fn=images.seed_worker, persistent_workers=workers > 0,
+        )
+        # Two epochs through the same loader: the sampler carries the epoch.
+        return [augmented for _ in range(2) for _, augmented in loader]
+
+    single, parallel = batches(0), batches(2)
+    assert len(single) == 4
+    assert all(torch.equal(a, b) for a, b in zip(single, parallel))
+    assert not torch.equal(single[0], single[2])

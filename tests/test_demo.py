@@ -1,0 +1,77 @@
+"""The synthetic demo dataset: deterministic, idempotent, small, loadable, exact masks."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dataset import demo
+from dataset.folders import category_files
+from dataset.images import TestImages
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    assert demo.make_demo_dataset(root) == demo.CATEGORIES
+    return root
+
+
+def _files(root: Path) -> dict[Path, bytes]:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_deterministic_and_small(demo_root, tmp_path):
+    demo.make_demo_dataset(tmp_path / "again")
+    first, second = _files(demo_root), _files(tmp_path / "again")
+    assert first == second
+    assert sum(len(data) for data in first.values()) < 5_000_000
+    demo.make_demo_dataset(tmp_path / "other_seed", seed=1)
+    assert _files(tmp_path / "other_seed").keys() == first.keys()
+    assert _files(tmp_path / "other_seed") != first
+
+
+def test_idempotent(demo_root):
+    image = demo_root / "demo_texture" / "train" / "good" / "000.png"
+    before = image.stat().st_mtime_ns
+    demo.make_demo_dataset(demo_root)
+    assert image.stat().st_mtime_ns == before
+
+
+def test_regenerates_for_another_seed(tmp_path):
+    demo.make_demo_dataset(tmp_path, seed=0)
+    image = tmp_path / "demo_object" / "test" / "good" / "000.png"
+    before = image.read_bytes()
+    demo.make_demo_dataset(tmp_path, seed=1)
+    assert image.read_bytes() != before
+    assert (tmp_path / demo.MARKER).read_text() == f"{demo.DEMO_VERSION} seed=1\n"
+
+
+@pytest.mark.parametrize("category", demo.CATEGORIES)
+def test_loads_with_masks_exactly_on_defects(demo_root, category):
+    files = category_files("mvtec", demo_root, category)
+    assert len(files.train) == demo.N_TRAIN
+    defects = [s.defect for s in files.test if s.label == 1]
+    assert sorted(set(defects)) == sorted(demo.DEFECTS)
+    assert len(defects) == len(demo.DEFECTS) * demo.N_PER_DEFECT
+    assert len(files.test) - len(defects) == demo.N_TEST_GOOD
+    dataset = TestImages(files.test, demo.SIZE)
+    assert (dataset.masks.any(axis=(1, 2)) == (dataset.labels == 1)).all()
+
+
+@pytest.mark.parametrize("category", demo.CATEGORIES)
+@pytest.mark.parametrize("defect", demo.DEFECTS)
+def test_mask_is_the_changed_pixels(category, defect):
+    for i in range(3):
+        sample = demo.make_sample(category, defect, np.random.default_rng([5, i]))
+        changed = np.abs(sample.image.astype(int) - sample.clean.astype(int)).max(axis=-1)
+        assert (sample.mask == (changed > 0)).all()
+        # Large and of high contrast, as the demo promises.
+        assert sample.mask.mean() > 0.003
+        assert np.median(changed[sample.mask]) > 40
+
+
+@pytest.mark.parametrize("category", demo.CATEGORIES)
+def test_normal_sample_is_unchanged(category):
+    sample = demo.make_sample(category, None, np.random.default_rng(0))
+    assert not sample.mask.any() and (sample.image == sample.clean).all()

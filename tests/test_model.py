@@ -1,0 +1,195 @@
+"""Networks, FLM, loss and anomaly map (issue: foundation)."""
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from model import build_model
+from model.generator import flm_mask
+from model.loss import anomaly_map, distillation_loss, gaussian_blur, image_score
+from utils.errors import InputError
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def wide():
+    return build_model("wide_resnet50_2", weights=None)
+
+
+def test_wide_resnet_parameter_counts(wide):
+    assert count(wide.bottleneck) == 58_885_120
+    assert count(wide.student) == 24_917_504
+    assert count(wide.generators) == 24_776_192
+    assert len(wide.generators) == 3
+
+
+@pytest.mark.parametrize("backbone, channels", [
+    ("resnet18", (64, 128, 256)),
+    ("resnet50", (256, 512, 1024)),
+    ("wide_resnet50_2", (256, 512, 1024)),
+])
+def test_output_shapes_follow_the_backbone(backbone, channels, wide):
+    model = wide if backbone == "wide_resnet50_2" else build_model(backbone, weights=None)
+    images = torch.randn(2, 3, 64, 64)
+    teacher, restored = model(images, images.flip(-1))
+    expected = [(2, c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16))]
+    assert [tuple(f.shape) for f in teacher] == expected
+    assert [tuple(f.shape) for f in restored] == expected
+    assert [g.conv1.in_channels for g in model.generators] == list(channels)
+
+
+def test_teacher_is_frozen_and_optimiser_sees_exactly_the_trained_parts(wide):
+    assert not any(p.requires_grad for p in wide.teacher.parameters())
+    wide.train()
+    assert not wide.teacher.training and wide.student.training
+    trained = {id(p) for p in wide.trainable_parameters()}
+    expected = {id(p) for part in (wide.bottleneck, wide.student, wide.generators) for p in part.parameters()}
+    assert trained == expected
+    assert not trained & {id(p) for p in wide.teacher.parameters()}
+    teacher, _ = wide(torch.randn(1, 3, 64, 64))
+    assert not any(f.requires_grad for f in teacher)
+
+
+def test_teacher_never_builds_layer4():
+    teacher = build_model("resnet18", weights=None).teacher
+    assert not hasattr(teacher, "layer4") and not hasattr(teacher, "fc")
+
+
+def test_flm_off_builds_no_generator_and_compares_the_student_directly():
+    torch.manual_seed(0)
+    model = build_model("resnet18", weights=None, flm=False).eval()
+    assert len(model.generators) == 0
+    images = torch.randn(2, 3, 64, 64)
+    _, restored = model(images)
+    direct = model.student(model.bottleneck(model.teacher(images)))
+    assert all(torch.equal(a, b) for a, b in zip(restored, direct))
+
+
+def test_ilm_input_changes_the_student_input_but_not_the_target():
+    torch.manual_seed(0)
+    model = build_model("resnet18", weights=None, flm_ratio=0.0).eval()
+    images = torch.randn(2, 3, 64, 64)
+    target_clean, restored_clean = model(images)
+    target_ilm, restored_ilm = model(images, images.flip(-1))
+    for a, b in zip(target_clean, target_ilm):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(restored_clean[0], restored_ilm[0])
+
+
+def test_flm_mask_fraction_and_determinism():
+    features = torch.zeros(8, 4, 32, 32)
+    masks = [flm_mask(features, 0.2, torch.Generator().manual_seed(s)) for s in range(20)]
+    zeroed = 1 - torch.stack(masks).mean().item()
+    assert abs(zeroed - 0.2) < 0.01
+    assert masks[0].shape == (8, 1, 32, 32)
+    again = flm_mask(features, 0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(masks[0], again)
+    assert not torch.equal(masks[0], masks[1])
+    # Masks differ between samples of a batch (drawn per sample).
+    assert not torch.equal(masks[0][0], masks[0][1])
+
+
+def test_flm_ratio_zero_shows_the_generator_unmasked_features():
+    generator_module = build_model("resnet18", weights=None).generators[0]
+    features = torch.randn(2, 64, 8, 8)
+    assert torch.all(flm_mask(features, 0.0, torch.Generator().manual_seed(0)) == 1)
+    expected = generator_module.conv2(torch.relu(generator_module.conv1(features)))
+    torch.testing.assert_close(generator_module(features, 0.0), expected)
+
+
+def test_same_mask_seed_gives_same_restored_features():
+    model = build_model("resnet18", weights=None).eval()
+    images = torch.randn(2, 3, 64, 64)
+    first = model(images, mask_generator=torch.Generator().manual_seed(5))[1]
+    second = model(images, mask_generator=torch.Generator().manual_seed(5))[1]
+    third = model(images, mask_generator=torch.Generator().manual_seed(6))[1]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], third[0])
+
+
+def features(seed, shapes=((2, 8, 16, 16), (2, 16, 8, 8), (2, 32, 4, 4))):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=generator) for s in shapes]
+
+
+def test_loss_is_zero_for_identical_features_and_positive_otherwise():
+    a, b = features(0), features(1)
+    assert distillation_loss(a, a).item() == pytest.approx(0, abs=1e-6)
+    assert distillation_loss(a, b).item() > 0.5
+    # Scaling a feature map does not change the cosine loss.
+    assert distillation_loss(a, [2 * f for f in a]).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_loss_equals_its_definition_and_levels_select():
+    a, b = features(0), features(1)
+    per_level = [(1 - torch.nn.functional.cosine_similarity(t.flatten(1), g.flatten(1))).mean() for t, g in zip(a, b)]
+    torch.testing.assert_close(distillation_loss(a, b), sum(per_level))
+    torch.testing.assert_close(distillation_loss(a, b, levels=(2,)), per_level[1])
+    torch.testing.assert_close(distillation_loss(a, b, levels=(1, 3)), per_level[0] + per_level[2])
+
+
+def test_anomaly_map_zero_for_identical_and_levels_select():
+    a, b = features(0), features(1)
+    assert anomaly_map(a, a, 64).abs().max().item() < 1e-5
+    full = anomaly_map(a, b, 64)
+    assert full.shape == (2, 64, 64) and full.min().item() > 0
+    singles = [anomaly_map(a, b, 64, levels=(level,)) for level in (1, 2, 3)]
+    torch.testing.assert_close(full, sum(singles))
+    torch.testing.assert_close(anomaly_map(a, b, 64, levels=(1, 2)), singles[0] + singles[1])
+    assert not torch.allclose(singles[0], singles[2])
+
+
+def test_anomaly_map_matches_its_definition_at_a_corner():
+    a, b = features(0), features(1)
+    # With align_corners=True the corner pixel of the upsampled map is the corner of each level.
+    expected = sum(1 - torch.nn.functional.cosine_similarity(t[:, :, 0, 0], g[:, :, 0, 0]) for t, g in zip(a, b))
+    torch.testing.assert_close(anomaly_map(a, b, 64)[:, 0, 0], expected)
+
+
+@pytest.mark.parametrize("size", [64, 20, 7])
+def test_gaussian_blur_equals_scipy(size):
+    maps = torch.rand(3, size, size, dtype=torch.float64)
+    ours = gaussian_blur(maps, sigma=4).numpy()
+    theirs = np.stack([gaussian_filter(m, sigma=4) for m in maps.numpy()])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_image_score_is_the_maximum():
+    maps = torch.rand(4, 16, 16)
+    torch.testing.assert_close(image_score(maps), maps.amax(dim=(1, 2)))
+
+
+def test_offline_imagenet_weights_give_one_clear_message(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise URLError("no route to host")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(InputError) as error:
+        build_model("resnet18", weights="imagenet")
+    message = str(error.value)
+    assert "resnet18-f37072fd.pth" in message
+    assert str(tmp_path / "checkpoints") in message
+    assert "--weights=none" in message
+
+
+def test_weights_from_a_state_dict_file(tmp_path):
+    source = build_model("resnet18", weights=None).teacher
+    path = tmp_path / "teacher.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_model("resnet18", weights=str(path)).teacher
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name])
+    with pytest.raises(InputError, match="does not fit resnet50"):
+        build_model("resnet50", weights=str(path))
+    with pytest.raises(InputError, match="Could not read"):
+        build_model("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(InputError, match="Unknown backbone 'vgg16'; choose one of resnet18, resnet50, wide_resnet50_2"):
+        build_model("vgg16", weights=None)

@@ -1,0 +1,213 @@
+"""Tests of NSA image-level masking (dataset/nsa.py) on small synthetic images."""
+
+import numpy as np
+import pytest
+
+from dataset.nsa import (
+    CATEGORY_PARAMS,
+    MODES,
+    TEXTURE_DEFAULTS,
+    NSAParams,
+    draw_half_widths,
+    has_constants,
+    maybe_synthesize,
+    object_mask,
+    params_for,
+    poisson_blend,
+    synthesize,
+    synthesize_with,
+)
+
+SIZE = 96
+# Bottle-like constants: background near 200, object where |mean - 200| > 60.
+BACKGROUND = (200, 60)
+
+
+def noise_image(size: int = SIZE, seed: int = 0) -> np.ndarray:
+    """Uniform colour noise: almost every pasted pixel differs from the one it covers."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def disk_image(size: int = SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A dark textured disk on a light noisy background, and the disk's mask.
+
+    Object pixels have means in [40, 110] and background pixels in [195, 205],
+    so with background (200, 60) the colour alone says object or background.
+    """
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[:size, :size]
+    disk = np.hypot(ys - size / 2, xs - size / 2) < 0.3 * size  # (H, W)
+    background = rng.integers(195, 206, (size, size, 3))
+    obj = rng.integers(40, 111, (size, size, 3))
+    return np.where(disk[..., None], obj, background).astype(np.uint8), disk
+
+
+def ramp_image(size: int = SIZE) -> np.ndarray:
+    """Brightness rising from 20 to 235 left to right, with a mild texture.
+
+    A patch moved sideways lands on pixels of another brightness, while its
+    gradients match the destination's: plain swapping leaves a seam, Poisson
+    blending should not.
+    """
+    noise = np.random.default_rng(0).normal(0.0, 3.0, (size, size, 3))
+    ramp = np.linspace(20.0, 235.0, size)[None, :, None]
+    return np.clip(ramp + noise, 0, 255).astype(np.uint8)
+
+
+def test_table_and_defaults():
+    assert len(CATEGORY_PARAMS) == 15
+    assert has_constants("bottle") and not has_constants("btad_01")
+    assert params_for("no_such_category") == TEXTURE_DEFAULTS == params_for("carpet")
+    assert TEXTURE_DEFAULTS.width_bounds == ((0.03, 0.4), (0.03, 0.4))
+    assert TEXTURE_DEFAULTS.num_patches == 4 and TEXTURE_DEFAULTS.background is None
+    metal_nut = params_for("metal_nut")
+    assert metal_nut == NSAParams(((0.01, 0.05), (0.01, 0.01)), 1, (20, 20), 0.5, 0.25)
+
+
+def test_unknown_category_uses_texture_defaults():
+    image = noise_image()
+    unknown = synthesize(image, "no_such_category", np.random.default_rng(3))
+    carpet = synthesize(image, "carpet", np.random.default_rng(3))
+    np.testing.assert_array_equal(unknown[0], carpet[0])
+
+
+def test_unknown_mode_raises():
+    with pytest.raises(ValueError, match="swap, poisson, mixed"):
+        synthesize(noise_image(), "carpet", np.random.default_rng(0), mode="blend")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_determinism_per_seed(mode):
+    image = noise_image()
+    first = synthesize(image, "carpet", np.random.default_rng(7), mode)
+    again = synthesize(image, "carpet", np.random.default_rng(7), mode)
+    other = synthesize(image, "carpet", np.random.default_rng(8), mode)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], other[0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("category", ["carpet", "bottle", "wood"])
+def test_mask_is_exactly_the_changed_pixels(mode, category):
+    image = disk_image()[0] if category == "bottle" else noise_image()
+    original = image.copy()
+    for seed in range(3):
+        augmented, mask = synthesize(image, category, np.random.default_rng(seed), mode)
+        np.testing.assert_array_equal(image, original)  # input left unmodified
+        assert augmented.dtype == np.uint8 and augmented.shape == image.shape
+        assert mask.dtype == bool and mask.shape == image.shape[:2]
+        np.testing.assert_array_equal(mask, np.any(augmented != image, axis=2))
+        assert mask.any()
+
+
+@pytest.mark.parametrize("category", sorted(CATEGORY_PARAMS))
+def test_drawn_half_widths_respect_bounds(category):
+    params = params_for(category)
+    (h_low, h_high), (w_low, w_high) = params.width_bounds
+    height, width = 200, 120
+    rng = np.random.default_rng(0)
+    draws = np.array([draw_half_widths(height, width, params, rng) for _ in range(500)])
+    assert draws[:, 0].min() >= max(1, round(h_low * height))
+    assert draws[:, 0].max() <= round(h_high * height)
+    assert draws[:, 1].min() >= max(1, round(w_low * width))
+    assert draws[:, 1].max() <= round(w_high * width)
+
+
+def test_pasted_region_size_respects_bounds():
+    # One patch on colour noise: the changed pixels are the destination patch.
+    params = NSAParams(((0.05, 0.1), (0.15, 0.2)), 1)
+    image = noise_image(SIZE)
+    heights, widths = [], []
+    for seed in range(30):
+        _, mask = synthesize_with(image, params, np.random.default_rng(seed))
+        rows, cols = np.nonzero(mask)
+        heights.append(rows.max() - rows.min() + 1)
+        widths.append(cols.max() - cols.min() + 1)
+    # Patches span 2 x half-width, half-widths rounded from fractions of the side.
+    assert 2 * round(0.05 * SIZE) <= min(heights) and max(heights) <= 2 * round(0.1 * SIZE)
+    assert 2 * round(0.15 * SIZE) <= min(widths) and max(widths) <= 2 * round(0.2 * SIZE)
+
+
+def test_object_mask_matches_known_object():
+    image, disk = disk_image()
+    objects = object_mask(image, BACKGROUND)
+    # A 7x7 median only erodes a convex shape along its rim.
+    assert not (objects & ~disk).any()
+    assert (objects & disk).sum() > 0.95 * disk.sum()
+
+
+def test_object_paste_changes_only_object_pixels():
+    image, disk = disk_image()
+    params = NSAParams(((0.05, 0.3), (0.05, 0.3)), 3, BACKGROUND, 0.7, 0.25)
+    changed_any = 0
+    for seed in range(20):
+        augmented, mask = synthesize_with(image, params, np.random.default_rng(seed))
+        # A changed pixel is on the destination object, or got its new value
+        # from the source object, which is then object-coloured.
+        new_mean = augmented.mean(axis=2)
+        from_source_object = np.abs(new_mean - BACKGROUND[0]) > BACKGROUND[1]
+        assert not (mask & ~disk & ~from_source_object).any()
+        changed_any += bool(mask.any())
+    assert changed_any >= 15
+
+
+def test_alpha_zero_and_one():
+    image = noise_image()
+    for seed in range(20):
+        untouched, empty = maybe_synthesize(image, "carpet", np.random.default_rng(seed), alpha=0.0)
+        np.testing.assert_array_equal(untouched, image)
+        assert untouched is not image and not empty.any()
+        augmented, mask = maybe_synthesize(image, "carpet", np.random.default_rng(seed), alpha=1.0)
+        assert mask.any() and not np.array_equal(augmented, image)
+
+
+def test_poisson_blend_is_seamless_for_an_offset_source():
+    # A source that is the destination plus a constant has the destination's
+    # gradients: normal-gradient blending must give back the destination.
+    rng = np.random.default_rng(0)
+    destination = rng.uniform(0, 100, (30, 40, 3))
+    region = np.zeros((30, 40), dtype=bool)
+    region[5:25, 3:30] = True
+    region[10:15, 10:20] = False  # a hole: the region need not be a rectangle
+    blended = poisson_blend(destination, destination + 120.0, region, mixed=False)
+    np.testing.assert_allclose(blended, destination, atol=1e-8)
+
+
+def boundary_jump(image: np.ndarray, top: int, left: int, bottom: int, right: int) -> float:
+    """Mean absolute step across the edges of the rectangle [top, bottom) x [left, right)."""
+    image = image.astype(np.float64)
+    steps = [
+        image[top, left:right] - image[top - 1, left:right],
+        image[bottom - 1, left:right] - image[bottom, left:right],
+        image[top:bottom, left] - image[top:bottom, left - 1],
+        image[top:bottom, right - 1] - image[top:bottom, right],
+    ]
+    return float(np.mean(np.abs(np.concatenate(steps))))
+
+
+@pytest.mark.parametrize("mode", ["poisson", "mixed"])
+def test_poisson_modes_remove_the_seam(mode):
+    image = ramp_image()
+    params = NSAParams(((0.1, 0.15), (0.1, 0.15)), 1)
+    # Blending draws nothing from rng, so a seed places the patch identically
+    # in every mode. Take seeds whose swap leaves a clear seam.
+    compared = 0
+    for seed in range(40):
+        swapped, swap_mask = synthesize_with(image, params, np.random.default_rng(seed), "swap")
+        rows, cols = np.nonzero(swap_mask)
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        if top == 0 or left == 0 or bottom == SIZE or right == SIZE:
+            continue
+        swap_jump = boundary_jump(swapped, top, left, bottom, right)
+        if swap_jump < 40.0:
+            continue
+        blended, mask = synthesize_with(image, params, np.random.default_rng(seed), mode)
+        assert np.isfinite(blended).all()
+        np.testing.assert_array_equal(mask, np.any(blended != image, axis=2))
+        blended_jump = boundary_jump(blended, top, left, bottom, right)
+        assert blended_jump < 0.2 * swap_jump
+        # No larger than the steps the unedited image has there, give or take.
+        assert blended_jump < 1.5 * boundary_jump(image, top, left, bottom, right)
+        compared += 1
+    assert compared >= 3

@@ -1,0 +1,159 @@
+"""One epoch of training and batched prediction on the device; shared by main.py and the benchmark."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from model import MRKD
+from model.loss import anomaly_map, distillation_loss, gaussian_blur, image_score
+from utils.errors import InputError
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' is the first CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"Device {name!r} was asked for but PyTorch sees no CUDA GPU; use --device=cpu.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch, at the start of every category."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Precision:
+    """Autocast dtype (None: plain fp32, the faithful path) and the fp16 gradient scaler."""
+
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+
+def precision_for(device: torch.device, fast: bool) -> Precision:
+    """fp32 unless `fast`: then bf16 where the device supports it, else fp16 with a scaler."""
+    if not fast:
+        return Precision(None)
+    if device.type == "cpu" or torch.cuda.is_bf16_supported():
+        return Precision(torch.bfloat16)
+    return Precision(torch.float16, torch.amp.GradScaler(device.type))
+
+
+def train_epoch(model: MRKD, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device,
+                ilm: bool, mask_generator: torch.Generator, precision: Precision,
+                on_step: Callable[[float], None] | None = None) -> float:
+    """One pass over the (clean, augmented) pairs; returns the mean loss, Eq. (4).
+
+    With ilm=False the student sees the clean images' features (RD4AD). Raises
+    Diverged, before any further step, when the loss is not finite.
+    """
+    model.train()
+    total, steps = 0.0, 0
+    for clean, augmented in loader:
+        clean = clean.to(device, non_blocking=True)
+        augmented = augmented.to(device, non_blocking=True) if ilm else None
+        with precision.autocast(device):
+            target, restored = model(clean, augmented, mask_generator)
+            loss = distillation_loss(target, restored)
+        value = loss.item()
+        if not np.isfinite(value):
+            raise Diverged(f"the loss became {value} at step {steps + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        if precision.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
+        total, steps = total + value, steps + 1
+        if on_step is not None:
+            on_step(value)
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def predict(model: MRKD, loader: DataLoader, device: torch.device, image_size: int,
+            levels: Sequence[int], sigma: float, masks: int, mask_seed: int,
+            precision: Precision) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (N,) and smoothed anomaly maps (N, S, S), Eq. (5)-(6), batched on the device.
+
+    FLM stays on at test time (Sec. 3.4); its masks come from a CPU generator seeded
+    with `mask_seed`, so two evaluations of one checkpoint agree exactly, on any
+    device. masks=K averages the maps of K independent masks (K=1: the paper).
+    """
+    model.eval()
+    generator = torch.Generator().manual_seed(mask_seed)
+    all_scores, all_maps = [], []
+    for batch in loader:
+        images = batch[0].to(device, non_blocking=True)
+        with precision.autocast(device):
+            target, student = model.distill(images)
+            maps = sum(anomaly_map(target, model.restore(student, generator), image_size, levels)
+                       for _ in range(masks)) / masks
+        maps = gaussian_blur(maps.float(), sigma)                      # (B, S, S)
+        all_scores.append(image_score(maps))
+        all_maps.append(maps)
+    return torch.cat(all_scores).cpu().numpy(), torch.cat(all_maps).cpu().numpy()
+
+
+def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer, epoch: int,
+                    config: dict[str, Any]) -> None:
+    """State dicts of the trained parts and the optimiser, the epoch and the configuration.
+
+    Written to a temporary file and renamed, so a crash never leaves a broken checkpoint.
+    """
+    state = {
+        "bottleneck": model.bottleneck.state_dict(),
+        "student": model.student.state_dict(),
+        "generators": model.generators.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "config": config,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | None,
+                    device: torch.device) -> dict[str, Any]:
+    """Restore what save_checkpoint wrote; returns the checkpoint (epoch, config)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        for part in ("bottleneck", "student", "generators"):
+            getattr(model, part).load_state_dict(state[part])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    except FileNotFoundError:
+        raise InputError(f"No checkpoint at {path}; train first (without --eval_only).") from None
+    except (RuntimeError, KeyError, OSError) as error:
+        raise InputError(f"The checkpoint {path} does not fit this configuration or is damaged "
+                         f"({type(error).__name__}: {str(error).splitlines()[0]}).") from None
+    return state

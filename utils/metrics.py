@@ -1,0 +1,207 @@
+"""Evaluation metrics for one category's test set, as pure NumPy functions.
+
+All functions take NumPy arrays: image labels and scores of shape (N,), ground-truth
+masks (N, H, W) of bool or {0, 1}, anomaly maps (N, H, W) of floats.
+
+- `image_auroc`, `pixel_auroc`: AU-ROC over images and over all pixels of the set
+  (equal to sklearn.metrics.roc_auc_score, computed by sorting instead).
+- `aupro`: the standard AU-PRO of the MVTec AD benchmark (Bergmann et al.): one PRO
+  curve over the whole test set, integrated up to an FPR of 0.3 and divided by 0.3.
+  Report this one.
+- `aupro_per_image`: the authors' variant from the MRKD release, averaged over
+  anomalous images with its FPR axis rescaled per image. It is not the standard
+  metric and reads higher; it exists only to compare like with like with the
+  authors' published numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+# Both constants belong to the authors' per-image AU-PRO (authors' implementation).
+PER_IMAGE_THRESHOLDS = 200  # equal-width thresholds between an image's min and max score
+PER_IMAGE_FPR_LIMIT = 0.3   # curve points with FPR below this are kept
+
+
+def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AU-ROC of image scores: labels (N,) in {0, 1}, 1 is anomalous; scores (N,)."""
+    labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("image labels must be 0 (good) or 1 (anomalous).")
+    return _auroc(labels.astype(bool), np.asarray(scores))
+
+
+def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
+    """AU-ROC over all pixels of the set: masks (N, H, W), nonzero is anomalous; maps (N, H, W)."""
+    masks, maps = _check_masks_maps(masks, maps)
+    return _auroc(masks.ravel(), maps.ravel())
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Standard AU-PRO (MVTec AD, Bergmann et al.) of one category's test set, normalised to [0, 1].
+
+    masks: (N, H, W) ground truth, nonzero is anomalous; maps: (N, H, W) anomaly scores.
+    Every distinct score is a threshold t; pixels with score >= t are predicted anomalous.
+    FPR(t) is the fraction of all normal pixels of the set at or above t (good images
+    included); PRO(t) is the mean over all regions of the set (8-connected components
+    of each image's mask) of the fraction of the region at or above t. The curve
+    starts at (0, 0), is integrated over FPR in [0, fpr_limit] by the trapezoid rule,
+    with PRO linearly interpolated at fpr_limit, and divided by fpr_limit.
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must lie in (0, 1], got {fpr_limit}.")
+    masks, maps = _check_masks_maps(masks, maps)
+    regions, n_regions = _label_regions(masks)
+    regions = regions.ravel()  # (P,), 0 is normal, 1..n_regions name the regions
+    scores = maps.ravel()      # (P,)
+    if n_regions == 0:
+        raise ValueError("aupro needs at least one anomalous pixel in masks; this set has none.")
+    region_sizes = np.bincount(regions)  # (n_regions + 1,)
+    n_normal = int(region_sizes[0])
+    if n_normal == 0:
+        raise ValueError("aupro needs at least one normal pixel in masks; "
+                         "every pixel of this set is anomalous.")
+
+    # PRO only moves at anomalous scores: a pixel of region r adds 1 / (size_r * n_regions)
+    # once the threshold reaches it. Sorting just the anomalous pixels with their
+    # regions, and the normal scores alone, is exact and much faster than arg-sorting
+    # every pixel of the set.
+    normal_scores = np.sort(scores[regions == 0])                 # (n_normal,) ascending
+    anomalous = regions > 0
+    anomalous_scores = scores[anomalous]
+    order = np.argsort(anomalous_scores)[::-1]                    # descending score
+    anomalous_scores = anomalous_scores[order]                    # (A,)
+    pixel_weight = 1.0 / (region_sizes[regions[anomalous][order]] * float(n_regions))
+    # Ties are one threshold: take each anomalous score's value at the last pixel of its run.
+    run_ends = np.flatnonzero(anomalous_scores[1:] != anomalous_scores[:-1])
+    run_ends = np.append(run_ends, anomalous_scores.size - 1)
+    thresholds = anomalous_scores[run_ends]                       # (T,) distinct, descending
+    pro_at = np.cumsum(pixel_weight)[run_ends]                    # (T,) PRO at each threshold, float64
+    pro_before = np.concatenate(([0.0], pro_at[:-1]))             # PRO just above each threshold
+    fp_above = n_normal - np.searchsorted(normal_scores, thresholds[::-1], side="right")[::-1]
+    fp_at = n_normal - np.searchsorted(normal_scores, thresholds[::-1], side="left")[::-1]
+    # Between thresholds only normal pixels pass, a horizontal move from (fp_at[i-1], pro_at[i-1])
+    # to (fp_above[i], pro_before[i]); normals tied with threshold i make the step to
+    # (fp_at[i], pro_at[i]) a diagonal. After the last threshold the remaining normals lead to (1, PRO).
+    fp = np.concatenate(([0], np.stack([fp_above, fp_at], axis=1).ravel(), [n_normal]))
+    pro = np.concatenate(([0.0], np.stack([pro_before, pro_at], axis=1).ravel(), [pro_at[-1]]))
+    return _area_up_to(fp / n_normal, pro, fpr_limit) / fpr_limit
+
+
+def aupro_per_image(masks: np.ndarray, maps: np.ndarray) -> float:
+    """The authors' per-image "AU-PRO" from the MRKD release; NOT the standard metric, reads higher.
+
+    Reported beside `aupro` so readers can compare like with like with the authors'
+    numbers. masks: (N, H, W), maps: (N, H, W). For each image whose mask is not
+    empty (good images are skipped, so their false positives never count):
+    200 thresholds lo + k * (hi - lo) / 200, k = 0..199, with lo, hi that image's min
+    and max score (the authors' np.arange(lo, hi, delta)); pixels with score > t are
+    predicted anomalous; PRO is the mean over the image's regions (8-connected, as
+    skimage.measure.label gives by default) of the fraction predicted anomalous;
+    FPR is the fraction of that image's normal pixels predicted anomalous. Points with
+    FPR < 0.3 are kept, their FPR divided by its own maximum, and the area under PRO
+    over that rescaled FPR taken by the trapezoid rule. The result is the mean over
+    images.
+
+    Two cases where the authors' code has no number, and what this function gives:
+    - all kept points have FPR 0 (e.g. a map equal to its mask): the rescaling is
+      0 / 0 and their code yields NaN; here the curve is taken as flat at the PRO of
+      the lowest kept threshold, so the image scores that PRO (1.0 for a perfect map,
+      0.0 for a constant map);
+    - fewer than two kept points with FPR > 0: sklearn.metrics.auc raises; here the
+      trapezoid of a single point, 0.0.
+    """
+    masks, maps = _check_masks_maps(masks, maps)
+    n_bins = PER_IMAGE_THRESHOLDS + 1
+    areas = []
+    for mask, image_map in zip(masks, maps):
+        regions, n_regions = _label_regions(mask[None])
+        if n_regions == 0:
+            continue
+        regions = regions.ravel()     # (H*W,), 0 is normal
+        scores = image_map.ravel()    # (H*W,)
+        lo, hi = float(scores.min()), float(scores.max())
+        thresholds = lo + (hi - lo) / PER_IMAGE_THRESHOLDS * np.arange(PER_IMAGE_THRESHOLDS)  # (K,)
+        # bins[p] counts the thresholds strictly below score p, so score p > thresholds[k] iff bins[p] > k:
+        # one pass over the pixels replaces binarising the image at each threshold.
+        bins = np.searchsorted(thresholds, scores, side="left")
+        counts = np.bincount(regions * n_bins + bins, minlength=(n_regions + 1) * n_bins)
+        counts = counts.reshape(n_regions + 1, n_bins)                # (R + 1, K + 1)
+        at_or_above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]      # [:, k]: pixels with bins >= k
+        above = at_or_above[:, 1:]                                     # (R + 1, K): pixels > thresholds[k]
+        sizes = at_or_above[:, 0]                                      # (R + 1,)
+        # An image with no normal pixel has no false positive at any threshold.
+        fpr = above[0] / max(int(sizes[0]), 1)                         # (K,), non-increasing in k
+        pro = (above[1:] / sizes[1:, None]).mean(axis=0)               # (K,)
+        kept = fpr < PER_IMAGE_FPR_LIMIT
+        # Highest threshold first, so FPR rises along the curve (sklearn.metrics.auc, which the
+        # authors use, reverses their decreasing points the same way).
+        fpr, pro = fpr[kept][::-1], pro[kept][::-1]
+        if fpr.size == 0:
+            areas.append(0.0)
+        elif fpr[-1] == 0:
+            areas.append(float(pro[-1]))
+        else:
+            areas.append(float(np.trapezoid(pro, fpr / fpr[-1])))
+    if not areas:
+        raise ValueError("aupro_per_image needs at least one image with anomalous pixels in masks; "
+                         "this set has none.")
+    return float(np.mean(areas))
+
+
+def _auroc(is_positive: np.ndarray, scores: np.ndarray) -> float:
+    """AU-ROC as the Mann-Whitney statistic: is_positive (P,) bool, scores (P,).
+
+    The share of (positive, negative) pairs where the positive scores higher, ties
+    counting half; equal to the trapezoid area under the ROC curve that
+    scikit-learn computes, with one sort of the negatives instead of an arg-sort of
+    every score.
+    """
+    if is_positive.all() or not is_positive.any():
+        raise ValueError("AU-ROC needs both anomalous and normal samples; only one kind is present.")
+    negatives = np.sort(scores[~is_positive])
+    positives = np.sort(scores[is_positive])  # sorted queries make the searches cache-friendly
+    below = np.searchsorted(negatives, positives, side="left").sum(dtype=np.int64)
+    at_or_below = np.searchsorted(negatives, positives, side="right").sum(dtype=np.int64)
+    return float((below + at_or_below) / (2.0 * positives.size * negatives.size))
+
+
+def _check_masks_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks as bool (N, H, W) and maps as given, after checking shapes and NaN."""
+    masks = np.asarray(masks)
+    maps = np.asarray(maps)
+    if masks.ndim != 3 or masks.shape != maps.shape:
+        raise ValueError(f"masks and maps must both have shape (N, H, W); "
+                         f"got {masks.shape} and {maps.shape}.")
+    if np.isnan(maps).any():
+        raise ValueError("maps contain NaN; the anomaly maps must be finite.")
+    return masks.astype(bool, copy=False), maps
+
+
+def _label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """Ground-truth regions: 8-connected components of each image's mask, numbered across the set.
+
+    masks: (N, H, W) bool. Returns labels (N, H, W), 0 for normal pixels, and the
+    number of regions. The structure joins neighbours within an image only, so one
+    call labels the whole set with the same components as scipy.ndimage.label (3x3
+    ones) or skimage.measure.label applied image by image.
+    """
+    within_image = np.zeros((3, 3, 3), dtype=bool)
+    within_image[1] = True
+    labels, n_regions = ndimage.label(masks, structure=within_image)
+    return labels, int(n_regions)
+
+
+def _area_up_to(x: np.ndarray, y: np.ndarray, x_limit: float) -> float:
+    """Trapezoid area under the curve (x, y) over [0, x_limit], y linearly interpolated at x_limit.
+
+    x: (T,) non-decreasing, starting at 0 and ending at or beyond x_limit; y: (T,).
+    """
+    n_inside = int(np.searchsorted(x, x_limit, side="right"))  # points with x <= x_limit
+    x_part, y_part = x[:n_inside], y[:n_inside]
+    if n_inside < x.size and x_part[-1] < x_limit:
+        x0, x1, y0, y1 = x[n_inside - 1], x[n_inside], y[n_inside - 1], y[n_inside]
+        y_limit = y0 + (y1 - y0) * (x_limit - x0) / (x1 - x0)
+        x_part = np.append(x_part, x_limit)
+        y_part = np.append(y_part, y_limit)
+    return float(np.trapezoid(y_part, x_part))

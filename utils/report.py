@@ -1,0 +1,76 @@
+"""Per-category lines and the results table beside the paper's numbers (printed, CSV, Markdown)."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+# The metric names used in code, printed lines, CSV headers and the README.
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "aupro_per_image")
+# Which of our metrics each of the paper's three numbers is comparable with
+# (the paper's AU-PRO was computed per image by the authors' code).
+PAPER_COLUMNS = ("image_auroc", "pixel_auroc", "aupro_per_image")
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def category_line(category: str, metrics: dict[str, float]) -> str:
+    """One line per category: the four metrics in percent, one decimal."""
+    return f"{category:<12} " + "  ".join(f"{name} {percent(metrics.get(name))}" for name in METRICS)
+
+
+def with_mean(rows: list[dict]) -> list[dict]:
+    """The rows and a 'mean' row over the categories where a metric is defined."""
+    mean = {"category": "mean", "status": ""}
+    for name in METRICS:
+        values = [row[name] for row in rows if not math.isnan(row.get(name, math.nan))]
+        mean[name] = sum(values) / len(values) if values else math.nan
+    return rows + [mean]
+
+
+def table(rows: list[dict], paper: dict[str, tuple] | None) -> tuple[list[str], list[list[str]]]:
+    """Header and cells: each metric, then the paper's number and our difference where it reports one."""
+    header = ["category"]
+    for name in METRICS:
+        header.append(name)
+        if paper is not None and name in PAPER_COLUMNS:
+            header += ["paper", "diff"]
+    header.append("status")
+    cells = []
+    for row in with_mean(rows):
+        reported = (paper or {}).get(row["category"], (None, None, None))
+        line = [row["category"]]
+        for name in METRICS:
+            ours = row.get(name, math.nan)
+            line.append(percent(ours))
+            if paper is not None and name in PAPER_COLUMNS:
+                theirs = reported[PAPER_COLUMNS.index(name)]
+                line.append("-" if theirs is None else f"{theirs:.1f}")
+                missing = theirs is None or math.isnan(ours)
+                line.append("-" if missing else f"{100 * ours - theirs:+.1f}")
+        line.append(row.get("status", ""))
+        cells.append(line)
+    return header, cells
+
+
+def markdown(header: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(line) + " |" for line in cells]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(folder: Path, name: str, rows: list[dict], paper: dict[str, tuple] | None,
+                 note: str = "") -> str:
+    """Write <folder>/<name>.csv (fractions, full precision) and <name>.md; return the Markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["category", *METRICS, "status"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(with_mean(rows))
+    text = markdown(*table(rows, paper))
+    if note:
+        text += "\n" + note + "\n"
+    (folder / f"{name}.md").write_text(text)
+    return text
