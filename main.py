@@ -56,6 +56,7 @@ CHECKPOINT_DIR = "checkpoints"  # where runs write their checkpoints
 RESUME = False                  # continue an interrupted run from its last checkpoint
 EVAL_ONLY = False               # evaluate the run's saved checkpoints, no training
 OVERWRITE = False               # allow a new run to replace an existing run's results
+FIGURES = True                  # draw Fig. 6, 7, 9 and ROC curves per category into results/<run>/figures/
 DEMO = False                    # run on generated demo data with DEMO_CONFIG below
 # ----------------------------------------------------------------------------------------
 CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isupper()}
@@ -64,7 +65,7 @@ CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isup
 # random teacher weights, so the whole pipeline runs in minutes on a 2-core CPU, offline.
 DEMO_CONFIG = dict(
     DATA_DIR="results/demo_data", DATASET="mvtec", CATEGORIES=("demo_texture", "demo_object"),
-    IMAGE_SIZE=64, BACKBONE="wide_resnet50_2", WEIGHTS=None, EPOCHS=4, BATCH_SIZE=8, WORKERS=0,
+    IMAGE_SIZE=64, BACKBONE="resnet18", WEIGHTS=None, EPOCHS=20, BATCH_SIZE=8, WORKERS=0,
     RUN_NAME="demo", OVERWRITE=True,
 )
 
@@ -81,9 +82,10 @@ from model import MRKD, build_model  # noqa: E402
 from model.teacher import check_backbone  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import apply_overrides  # noqa: E402
-from utils.engine import (Diverged, Precision, load_checkpoint, pick_device, precision_for, predict,  # noqa: E402
-                          save_checkpoint, seed_everything, train_epoch)
+from utils.engine import (Diverged, Precision, level1_features, load_checkpoint, pick_device,  # noqa: E402
+                          precision_for, predict, save_checkpoint, seed_everything, train_epoch)
 from utils.errors import InputError  # noqa: E402
+from utils.figures import draw_category, pca_project  # noqa: E402
 from utils.paper import PAPER  # noqa: E402
 from utils.report import category_line, write_tables  # noqa: E402
 
@@ -210,21 +212,42 @@ def run_category(config: dict[str, Any], category: str, device: torch.device, re
             tqdm.write(str(error))
             return {"category": category, "status": "diverged"}
     values, scores, maps = evaluate_category(model, test_set, config, device, precision)
-    np.savez_compressed(results / "predictions" / f"{category}.npz", scores=scores, labels=test_set.labels)
+    save_predictions(results / "predictions" / f"{category}.npz", category, model, test_set, scores, maps,
+                     values, config, device)
+    if config["FIGURES"]:
+        draw_category(results / "predictions" / f"{category}.npz", results / "figures")
     return {"category": category, **values, "status": "ok"}
+
+
+def save_predictions(path: Path, category: str, model: MRKD, test_set: TestImages, scores: np.ndarray,
+                     maps: np.ndarray, values: dict[str, float], config: dict[str, Any], device: torch.device) -> None:
+    """What the figures need, so they can be redrawn without retraining: scores, ROC, a few examples."""
+    anomalous = np.flatnonzero(test_set.labels == 1)
+    examples = anomalous[np.linspace(0, len(anomalous) - 1, min(4, len(anomalous))).round().astype(int)]
+    images = torch.stack([test_set[i][0] for i in examples])
+    feature_input, feature_restored = pca_project(*level1_features(model, images, device, config["SEED"]))
+    pixel_fpr, pixel_tpr = metrics.roc_curve(test_set.masks.ravel(), maps.ravel())
+    np.savez_compressed(
+        path, category=category, scores=scores, labels=test_set.labels,
+        defects=np.array([sample.defect for sample in test_set.samples]),
+        metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
+        pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=examples,
+        example_images=test_set.images[examples], example_masks=test_set.masks[examples],
+        example_maps=maps[examples], feature_input=feature_input, feature_restored=feature_restored,
+    )
 
 
 def run(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Every category in turn; the table is rewritten after each, so nothing is lost on a crash."""
     if config["DEMO"]:
-        config["CATEGORIES"] = make_demo_dataset(Path(config["DATA_DIR"]))
+        make_demo_dataset(Path(config["DATA_DIR"]))
     categories = config["CATEGORIES"] or DATASET_CATEGORIES[config["DATASET"]]
     for category in categories:  # check the data of every category before any work
         category_files(config["DATASET"], config["DATA_DIR"], category)
     device = pick_device(config["DEVICE"])
     results, checkpoints = run_folders(config)
     (results / "predictions").mkdir(exist_ok=True)
-    paper = PAPER.get(("mrkd", config["DATASET"]))
+    paper = paper_rows(PAPER.get(("mrkd", config["DATASET"])), categories)
     print(f"MRKD run {config['RUN_NAME']!r} on {device}: {len(categories)} categories, results in {results}")
     rows = []
     for category in categories:
@@ -232,6 +255,16 @@ def run(config: dict[str, Any]) -> list[dict[str, Any]]:
         tqdm.write(category_line(category, rows[-1]))
         table = write_tables(results, "metrics", rows, paper)
     print("\n" + table)
+    return rows
+
+
+def paper_rows(paper: dict[str, tuple] | None, categories: tuple[str, ...]) -> dict[str, tuple] | None:
+    """The paper's rows for the categories run; its mean only when every category it reports was run."""
+    if paper is None or not set(categories) & set(paper):
+        return None
+    rows = {name: paper[name] for name in categories if name in paper}
+    if set(paper) - {"mean"} <= set(categories):
+        rows["mean"] = paper["mean"]
     return rows
 
 

@@ -157,3 +157,13 @@ def load_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
         raise InputError(f"The checkpoint {path} does not fit this configuration or is damaged "
                          f"({type(error).__name__}: {str(error).splitlines()[0]}).") from None
     return state
+
+
+@torch.no_grad()
+def level1_features(model: MRKD, images: torch.Tensor, device: torch.device,
+                    mask_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level-1 features of a few images for Fig. 9: the student's input f_T^1 and the restored f_G^1, (k, C, h, w)."""
+    model.eval()
+    target, student = model.distill(images.to(device))
+    restored = model.restore(student, torch.Generator().manual_seed(mask_seed))
+    return target[0].float().cpu().numpy(), restored[0].float().cpu().numpy()

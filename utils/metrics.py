@@ -205,3 +205,45 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, x_limit: float) -> float:
         x_part = np.append(x_part, x_limit)
         y_part = np.append(y_part, y_limit)
     return float(np.trapezoid(y_part, x_part))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve (fpr, tpr), each (T,) float32, from (0, 0) to (1, 1), thinned to at most max_points.
+
+    labels: any shape, nonzero is positive (anomalous); scores: the same shape, e.g. the
+    raveled masks and maps of a whole test set. Every distinct score is a threshold t
+    (ties are one point); a sample is predicted positive when its score >= t. Before
+    thinning the points equal sklearn.metrics.roc_curve(..., drop_intermediate=False).
+    Thinning keeps points evenly spaced along the curve's length, not its index: on
+    pixel data almost all points lie on the long flat part, and picking by index would
+    cut the steep rise at small FPR to a few chords. The first and last points stay.
+    """
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}.")
+    is_positive = np.asarray(labels).ravel() != 0
+    scores = np.asarray(scores).ravel()
+    if is_positive.shape != scores.shape:
+        raise ValueError(f"labels and scores must have the same size; got {is_positive.size} and {scores.size}.")
+    if is_positive.all() or not is_positive.any():
+        raise ValueError("ROC needs both anomalous and normal samples; only one kind is present.")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; the ROC needs finite scores.")
+    # One sort of all scores gives the thresholds and the count at or above each; the
+    # positives (the few anomalous pixels) are sorted alone to count them by search:
+    # several times faster than arg-sorting every score and gathering the labels.
+    sorted_scores = np.sort(scores)[::-1]                          # (P,) descending
+    # The last sample of each run of equal scores closes that threshold.
+    run_ends = np.append(np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), scores.size - 1)
+    thresholds = sorted_scores[run_ends]                           # (T,) distinct, descending
+    positive_scores = np.sort(scores[is_positive])
+    tp = positive_scores.size - np.searchsorted(positive_scores, thresholds[::-1], side="left")[::-1]  # (T,)
+    fp = run_ends + 1 - tp                                         # (T,) negatives at or above each threshold
+    fpr = np.concatenate(([0.0], fp / fp[-1]))
+    tpr = np.concatenate(([0.0], tp / tp[-1]))
+    if fpr.size > max_points:
+        length = np.concatenate(([0.0], np.cumsum(np.hypot(np.diff(fpr), np.diff(tpr)))))
+        # Each threshold adds a sample, so length rises strictly: the first target picks the
+        # first point, the last target the last point, and unique merges targets on one long step.
+        keep = np.unique(np.searchsorted(length, np.linspace(0.0, length[-1], max_points), side="left"))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return fpr.astype(np.float32), tpr.astype(np.float32)
