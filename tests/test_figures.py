@@ -113,13 +113,14 @@ def test_draw_category_and_run(tmp_path):
     fake_predictions(run / "predictions" / "bottle.npz")
     out_dir = tmp_path / "single"
     paths = draw_category(run / "predictions" / "bottle.npz", out_dir)
-    assert [path.name for path in paths] == ["bottle_scores.png", "bottle_examples.png", "bottle_roc.png"]
+    assert [path.name for path in paths] == ["bottle_scores.png", "bottle_examples.png", "bottle_roc.png",
+                                         "bottle_features.png"]
     for path in paths:
         assert_drawn(path)
 
     paths = draw_run(run)
-    assert sorted(path.name for path in paths) == ["bottle_examples.png", "bottle_roc.png", "bottle_scores.png",
-                                                   "features_bottle.png"]
+    assert sorted(path.name for path in paths) == ["bottle_examples.png", "bottle_features.png", "bottle_roc.png",
+                                                   "bottle_scores.png"]
     for path in paths:
         assert path.parent == run / "figures"
         assert_drawn(path)

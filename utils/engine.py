@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from model import MRKD
@@ -162,8 +163,12 @@ def load_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
 @torch.no_grad()
 def level1_features(model: MRKD, images: torch.Tensor, device: torch.device,
                     mask_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Level-1 features of a few images for Fig. 9: the student's input f_T^1 and the restored f_G^1, (k, C, h, w)."""
+    """Level-1 features of a few images for Fig. 9: the student's input f_T^1 and the restored f_G^1, (k, C, h, w).
+
+    Both are unit-normalised over the channels: the cosine loss leaves the norm of the
+    restored features free, and the anomaly map sees only their directions.
+    """
     model.eval()
     target, student = model.distill(images.to(device))
     restored = model.restore(student, torch.Generator().manual_seed(mask_seed))
-    return target[0].float().cpu().numpy(), restored[0].float().cpu().numpy()
+    return tuple(F.normalize(f[0].float(), dim=1).cpu().numpy() for f in (target, restored))

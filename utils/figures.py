@@ -202,33 +202,29 @@ def figure_lambda_sweep(ratios: list[float], rows: list[dict], path: Path) -> No
 
 
 def draw_category(pred_path: Path, out_dir: Path) -> list[Path]:
-    """Fig. 6, Fig. 7 and the ROC curves of one category: out_dir/<category>_{scores,examples,roc}.png."""
-    return _draw_category(load_predictions(Path(pred_path)), Path(out_dir))
+    """Fig. 6, Fig. 7, the ROC curves and Fig. 9 (this run's features only) of one category.
 
-
-def draw_run(results_dir: Path) -> list[Path]:
-    """Every category of a run: draw_category's figures and features_<category>.png (Fig. 9, with
-    FLM only) in results_dir/figures. Returns the paths written."""
-    results_dir = Path(results_dir)
-    out_dir = results_dir / "figures"
+    Writes out_dir/<category>_{scores,examples,roc,features}.png and returns the paths.
+    """
+    pred = load_predictions(Path(pred_path))
+    figures = {
+        "scores": figure_score_density,
+        "examples": figure_examples,
+        "roc": figure_roc,
+        "features": lambda pred, path: figure_features(pred, None, path),
+    }
     paths = []
-    for pred_path in sorted((results_dir / "predictions").glob("*.npz")):
-        pred = load_predictions(pred_path)
-        paths += _draw_category(pred, out_dir)
-        features_path = out_dir / f"features_{pred['category']}.png"
-        figure_features(pred, None, features_path)
-        paths.append(features_path)
+    for suffix, draw in figures.items():
+        paths.append(Path(out_dir) / f"{pred['category']}_{suffix}.png")
+        draw(pred, paths[-1])
     return paths
 
 
-def _draw_category(pred: Predictions, out_dir: Path) -> list[Path]:
-    category = pred["category"]
-    drawn = []
-    for suffix, draw in (("scores", figure_score_density), ("examples", figure_examples), ("roc", figure_roc)):
-        path = out_dir / f"{category}_{suffix}.png"
-        draw(pred, path)
-        drawn.append(path)
-    return drawn
+def draw_run(results_dir: Path) -> list[Path]:
+    """draw_category for every category of a run, into results_dir/figures/."""
+    results_dir = Path(results_dir)
+    return [path for pred_path in sorted((results_dir / "predictions").glob("*.npz"))
+            for path in draw_category(pred_path, results_dir / "figures")]
 
 
 def _check_same_inputs(with_flm: Predictions, without_flm: Predictions) -> None:
