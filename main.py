@@ -58,6 +58,7 @@ EVAL_ONLY = False               # evaluate the run's saved checkpoints, no train
 OVERWRITE = False               # allow a new run to replace an existing run's results
 FIGURES = True                  # draw Fig. 6, 7, 9 and ROC curves per category into results/<run>/figures/
 DEMO = False                    # run on generated demo data with DEMO_CONFIG below
+EXPERIMENT = ""                 # a preset of utils/presets.py: table3 ... table8, fig11 (every row in one command)
 # ----------------------------------------------------------------------------------------
 CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isupper()}
 
@@ -85,9 +86,11 @@ from utils.config import apply_overrides  # noqa: E402
 from utils.engine import (Diverged, Precision, level1_features, load_checkpoint, pick_device,  # noqa: E402
                           precision_for, predict, save_checkpoint, seed_everything, train_epoch)
 from utils.errors import InputError  # noqa: E402
-from utils.figures import draw_category, pca_project  # noqa: E402
+from utils.figures import (draw_category, figure_features, figure_lambda_sweep, load_predictions,  # noqa: E402
+                           pca_project)
+from utils.presets import PRESETS, Preset, slug, training_key  # noqa: E402
 from utils.paper import PAPER  # noqa: E402
-from utils.report import category_line, write_tables  # noqa: E402
+from utils.report import category_line, with_mean, write_tables  # noqa: E402
 
 
 def resolve_config(argv: list[str]) -> dict[str, Any]:
@@ -95,6 +98,8 @@ def resolve_config(argv: list[str]) -> dict[str, Any]:
     config = apply_overrides(CONSTANTS, argv)
     if config["DEMO"]:
         config = apply_overrides({**CONSTANTS, **DEMO_CONFIG, "DEMO": True}, argv)
+    if config["EXPERIMENT"] and config["RUN_NAME"] == CONSTANTS["RUN_NAME"]:
+        config["RUN_NAME"] = config["EXPERIMENT"]
     check_config(config)
     return config
 
@@ -102,6 +107,7 @@ def resolve_config(argv: list[str]) -> dict[str, Any]:
 def check_config(config: dict[str, Any]) -> None:
     """One clear sentence for a constant outside its range."""
     rules = [
+        (config["EXPERIMENT"] in ("", *PRESETS), f"EXPERIMENT must be one of {', '.join(PRESETS)}"),
         (config["DATASET"] in DATASET_CATEGORIES, f"DATASET must be one of {', '.join(DATASET_CATEGORIES)}"),
         (config["IMAGE_SIZE"] >= 32 and config["IMAGE_SIZE"] % 32 == 0, "IMAGE_SIZE must be a multiple of 32"),
         (0 <= config["FLM_RATIO"] < 1, "FLM_RATIO (lambda) must lie in [0, 1)"),
@@ -123,18 +129,15 @@ def check_config(config: dict[str, Any]) -> None:
     check_backbone(config["BACKBONE"])
 
 
-def run_folders(config: dict[str, Any]) -> tuple[Path, Path]:
-    """results/<run>/ and checkpoints/<run>/, refusing to replace another run's results by accident."""
-    results = Path(config["RESULTS_DIR"]) / config["RUN_NAME"]
-    checkpoints = Path(config["CHECKPOINT_DIR"]) / config["RUN_NAME"]
+def claim_folders(config: dict[str, Any], results: Path, checkpoints: Path) -> None:
+    """Create a run's folders, refusing to replace another run's results by accident."""
     reusing = config["RESUME"] or config["EVAL_ONLY"] or config["OVERWRITE"]
     if (results / "config.json").exists() and not reusing:
         raise InputError(f"A run named {config['RUN_NAME']!r} exists in {results}; choose another --run_name, "
                          f"or --resume=True, --eval_only=True or --overwrite=True.")
-    results.mkdir(parents=True, exist_ok=True)
+    (results / "predictions").mkdir(parents=True, exist_ok=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
     (results / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return results, checkpoints
 
 
 def train_category(model: MRKD, category: str, train_files: list[Path], test_set: TestImages,
@@ -238,15 +241,23 @@ def save_predictions(path: Path, category: str, model: MRKD, test_set: TestImage
 
 
 def run(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every category in turn; the table is rewritten after each, so nothing is lost on a crash."""
+    """The main job: every category, or with EXPERIMENT every row of a preset."""
     if config["DEMO"]:
         make_demo_dataset(Path(config["DATA_DIR"]))
+    results = Path(config["RESULTS_DIR"]) / config["RUN_NAME"]
+    checkpoints = Path(config["CHECKPOINT_DIR"]) / config["RUN_NAME"]
+    if config["EXPERIMENT"]:
+        return run_experiment(config, results, checkpoints)
+    return run_categories(config, results, checkpoints)
+
+
+def run_categories(config: dict[str, Any], results: Path, checkpoints: Path) -> list[dict[str, Any]]:
+    """Every category in turn; the table is rewritten after each, so nothing is lost on a crash."""
     categories = config["CATEGORIES"] or DATASET_CATEGORIES[config["DATASET"]]
     for category in categories:  # check the data of every category before any work
         category_files(config["DATASET"], config["DATA_DIR"], category)
     device = pick_device(config["DEVICE"])
-    results, checkpoints = run_folders(config)
-    (results / "predictions").mkdir(exist_ok=True)
+    claim_folders(config, results, checkpoints)
     paper = paper_rows(PAPER.get(("mrkd", config["DATASET"])), categories)
     print(f"MRKD run {config['RUN_NAME']!r} on {device}: {len(categories)} categories, results in {results}")
     rows = []
@@ -256,6 +267,47 @@ def run(config: dict[str, Any]) -> list[dict[str, Any]]:
         table = write_tables(results, "metrics", rows, paper)
     print("\n" + table)
     return rows
+
+
+def run_experiment(config: dict[str, Any], results: Path, checkpoints: Path) -> list[dict[str, Any]]:
+    """Each row of a preset as a run of its own in results/<run>/<row>/, then the preset's table.
+
+    Rows that differ only in evaluation constants (Table 7) evaluate the checkpoints of
+    the first row trained like them instead of training again.
+    """
+    preset = PRESETS[config["EXPERIMENT"]]
+    trained: dict[tuple, str] = {}  # training key -> the folder holding its checkpoints
+    rows = []
+    for row in preset.rows:
+        row_config = {**config, **row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)}
+        check_config(row_config)
+        key = training_key(row)
+        if key in trained:
+            row_config["EVAL_ONLY"] = True
+        folder = trained.setdefault(key, slug(row.label))
+        print(f"\n{preset.title}: {row.label}")
+        categories = run_categories(row_config, results / slug(row.label), checkpoints / folder)
+        failed = any(category["status"] == "diverged" for category in categories)
+        rows.append({**with_mean(categories)[-1], "category": row.label, "status": "diverged" if failed else "ok"})
+    paper = {row.label: row.paper for row in preset.rows}
+    note = (f"{preset.title}. Ours: the mean over the categories run; paper: the MVTec AD mean it reports, "
+            f"AU-PRO as the authors compute it (compare with aupro_per_image).")
+    print("\n" + write_tables(results, config["EXPERIMENT"], rows, paper, note, mean=False))
+    draw_experiment(preset, rows, results)
+    return rows
+
+
+def draw_experiment(preset: Preset, rows: list[dict[str, Any]], results: Path) -> None:
+    """Fig. 9 across two rows (features restored without and with FLM) and Fig. 11 (a lambda sweep)."""
+    if preset.features is not None:
+        with_flm, without_flm = (results / slug(label) / "predictions" for label in preset.features)
+        for path in sorted(with_flm.glob("*.npz")):
+            if (without_flm / path.name).exists():
+                figure_features(load_predictions(path), load_predictions(without_flm / path.name),
+                                results / "figures" / f"{path.stem}_features_flm.png")
+    if preset.sweep is not None:
+        figure_lambda_sweep([row.constants[preset.sweep] for row in preset.rows], rows,
+                            results / "figures" / f"{preset.sweep.lower()}_sweep.png")
 
 
 def paper_rows(paper: dict[str, tuple] | None, categories: tuple[str, ...]) -> dict[str, tuple] | None:

@@ -30,16 +30,16 @@ def with_mean(rows: list[dict]) -> list[dict]:
     return rows + [mean]
 
 
-def table(rows: list[dict], paper: dict[str, tuple] | None) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[dict], paper: dict[str, tuple] | None, mean: bool = True) -> tuple[list[str], list[list[str]]]:
     """Header and cells: each metric, then the paper's number and our difference where it reports one."""
-    header = ["category"]
+    header = ["category" if mean else "configuration"]
     for name in METRICS:
         header.append(name)
         if paper is not None and name in PAPER_COLUMNS:
             header += ["paper", "diff"]
     header.append("status")
     cells = []
-    for row in with_mean(rows):
+    for row in with_mean(rows) if mean else rows:
         reported = (paper or {}).get(row["category"], (None, None, None))
         line = [row["category"]]
         for name in METRICS:
@@ -62,14 +62,18 @@ def markdown(header: list[str], cells: list[list[str]]) -> str:
 
 
 def write_tables(folder: Path, name: str, rows: list[dict], paper: dict[str, tuple] | None,
-                 note: str = "") -> str:
-    """Write <folder>/<name>.csv (fractions, full precision) and <name>.md; return the Markdown."""
+                 note: str = "", mean: bool = True) -> str:
+    """Write <folder>/<name>.csv (fractions, full precision) and <name>.md; return the Markdown.
+
+    mean=True adds the mean over the rows (categories); experiment tables, whose rows are
+    configurations, have none.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{name}.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=["category", *METRICS, "status"], extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(with_mean(rows))
-    text = markdown(*table(rows, paper))
+        writer.writerows(with_mean(rows) if mean else rows)
+    text = markdown(*table(rows, paper, mean))
     if note:
         text += "\n" + note + "\n"
     (folder / f"{name}.md").write_text(text)
