@@ -48,7 +48,8 @@ EVAL_EVERY = 0                  # diagnostic only: also evaluate every N epochs 
 # Running
 DEVICE = "auto"                 # "auto" (first CUDA GPU, else CPU), "cpu", "cuda", "cuda:1"
 WORKERS = 4                     # DataLoader workers doing the NSA synthesis
-FAST = False                    # opt-in fast path (mixed precision, channels_last); the default stays fp32
+FAST = False                    # opt-in fast path: bf16/fp16 autocast, channels_last, cuDNN autotuner; default fp32
+COMPILE = False                 # opt-in torch.compile of the networks (first epoch slower; pays off on long runs)
 CHECKPOINT_EVERY = 10           # save a resumable checkpoint every N epochs (and after the last)
 RUN_NAME = "mrkd"               # results/<run>/ and checkpoints/<run>/
 RESULTS_DIR = "results"         # where runs write metrics, predictions and figures
@@ -83,8 +84,8 @@ from model import MRKD, build_model  # noqa: E402
 from model.teacher import check_backbone  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import apply_overrides  # noqa: E402
-from utils.engine import (Diverged, Precision, level1_features, load_checkpoint, pick_device,  # noqa: E402
-                          precision_for, predict, save_checkpoint, seed_everything, train_epoch)
+from utils.engine import (Diverged, Execution, execution_for, level1_features, load_checkpoint, pick_device,  # noqa: E402
+                          predict, save_checkpoint, seed_everything, train_epoch)
 from utils.errors import InputError  # noqa: E402
 from utils.figures import (draw_category, figure_features, figure_lambda_sweep, load_predictions,  # noqa: E402
                            pca_project)
@@ -141,7 +142,7 @@ def claim_folders(config: dict[str, Any], results: Path, checkpoints: Path) -> N
 
 
 def train_category(model: MRKD, category: str, train_files: list[Path], test_set: TestImages,
-                   config: dict[str, Any], device: torch.device, precision: Precision, checkpoint: Path) -> None:
+                   config: dict[str, Any], device: torch.device, execution: Execution, checkpoint: Path) -> None:
     """Adam over theta_B, theta_S, theta_G for EPOCHS epochs (Algorithm 1), resumable."""
     seed = config["SEED"]
     train_set = TrainImages(train_files, category, config["IMAGE_SIZE"], alpha=config["ALPHA"],
@@ -163,7 +164,7 @@ def train_category(model: MRKD, category: str, train_files: list[Path], test_set
         # FLM masks of each epoch come from their own seed, so a resumed run repeats them.
         mask_generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
         try:
-            loss = train_epoch(model, loader, optimizer, device, config["ILM"], mask_generator, precision,
+            loss = train_epoch(model, loader, optimizer, device, config["ILM"], mask_generator, execution,
                                on_step=lambda value: (bar.update(), bar.set_postfix(loss=f"{value:.4f}")))
         except Diverged as error:
             bar.close()
@@ -173,18 +174,18 @@ def train_category(model: MRKD, category: str, train_files: list[Path], test_set
         if (epoch + 1) % config["CHECKPOINT_EVERY"] == 0 or epoch + 1 == epochs:
             save_checkpoint(checkpoint, model, optimizer, epoch + 1, config)
         if config["EVAL_EVERY"] and (epoch + 1) % config["EVAL_EVERY"] == 0 and epoch + 1 < epochs:
-            diagnostic = evaluate_category(model, test_set, config, device, precision)[0]
+            diagnostic = evaluate_category(model, test_set, config, device, execution)[0]
             tqdm.write(f"  diagnostic only, never used to pick a result: {category_line(category, diagnostic)}")
     bar.close()
 
 
 def evaluate_category(model: MRKD, test_set: TestImages, config: dict[str, Any], device: torch.device,
-                      precision: Precision) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+                      execution: Execution) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
     loader = DataLoader(test_set, batch_size=config["BATCH_SIZE"], shuffle=False,
                         num_workers=min(config["WORKERS"], 2), pin_memory=device.type == "cuda")
     scores, maps = predict(model, loader, device, config["IMAGE_SIZE"], config["SCORE_LEVELS"], config["SIGMA"],
-                           config["EVAL_MASKS"], mask_seed=config["SEED"], precision=precision)
+                           config["EVAL_MASKS"], mask_seed=config["SEED"], execution=execution)
     values = {
         "image_auroc": metrics.image_auroc(test_set.labels, scores),
         "pixel_auroc": metrics.pixel_auroc(test_set.masks, maps),
@@ -203,18 +204,22 @@ def run_category(config: dict[str, Any], category: str, device: torch.device, re
         return {"category": category, "status": "no anomalous test image"}
     seed_everything(config["SEED"])  # a fresh seed per category: results do not depend on the loop order
     model = build_model(config["BACKBONE"], config["WEIGHTS"], config["FLM_RATIO"], config["FLM"]).to(device)
-    precision = precision_for(device, config["FAST"])
+    execution = execution_for(device, config["FAST"])
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config["COMPILE"]:
+        model.compile()
     checkpoint = checkpoints / f"{category}.pt"
     test_set = TestImages(files.test, config["IMAGE_SIZE"])
     if config["EVAL_ONLY"]:
         load_checkpoint(checkpoint, model, None, device)
     else:
         try:
-            train_category(model, category, files.train, test_set, config, device, precision, checkpoint)
+            train_category(model, category, files.train, test_set, config, device, execution, checkpoint)
         except Diverged as error:
             tqdm.write(str(error))
             return {"category": category, "status": "diverged"}
-    values, scores, maps = evaluate_category(model, test_set, config, device, precision)
+    values, scores, maps = evaluate_category(model, test_set, config, device, execution)
     save_predictions(results / "predictions" / f"{category}.npz", category, model, test_set, scores, maps,
                      values, config, device)
     if config["FIGURES"]:

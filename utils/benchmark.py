@@ -1,0 +1,210 @@
+"""Speed of three ways to run MRKD on the current device: python -m utils.benchmark [--flags].
+
+(a) authors: the loop as the authors' code runs it: fp32, the teacher run twice (clean,
+    then augmented images), evaluation one image at a time with the map blurred on the
+    CPU by SciPy, metrics from Python lists and PRO per image over 200 thresholds.
+(b) faithful: this project's default path: fp32, one teacher pass over both batches,
+    batched evaluation with the Gaussian on the device, metrics on arrays collected once.
+(c) fast: (b) with FAST=True: bf16 (or fp16) autocast, channels_last, cuDNN autotuner.
+
+Each variant runs in a fresh process, so its peak memory is its own. Training and
+evaluation use random images and weights (speed does not depend on them); data
+loading is not timed. Prints a table and, last, `speedup train X.XXx eval Y.YYx` of
+(c) over (a).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from skimage import measure
+from sklearn.metrics import auc, roc_auc_score
+from torch.utils.data import DataLoader, TensorDataset
+
+from model import MRKD, build_model
+from model.loss import anomaly_map, distillation_loss
+from utils import metrics
+from utils.engine import Execution, execution_for, pick_device, predict, train_epoch
+
+VARIANTS = {"a": "(a) authors", "b": "(b) faithful", "c": "(c) fast"}
+
+
+def synthetic_batches(steps: int, batch: int, size: int, pin: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(steps):
+        pair = torch.randn(2, batch, 3, size, size, generator=generator)
+        batches.append((pair[0].pin_memory(), pair[1].pin_memory()) if pin else (pair[0], pair[1]))
+    return batches
+
+
+def synthetic_test_set(count: int, size: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Images (N, 3, S, S), masks (N, S, S) with a rectangle in 2 of 3 images, labels (N,)."""
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.standard_normal((count, 3, size, size), dtype=np.float32))
+    masks = np.zeros((count, size, size), dtype=bool)
+    for i in range(count):
+        if i % 3:
+            y, x = rng.integers(0, size * 3 // 4, 2)
+            h, w = rng.integers(size // 16, size // 4, 2)
+            masks[i, y:y + h, x:x + w] = True
+    return images, masks, masks.any(axis=(1, 2)).astype(np.int64)
+
+
+def authors_train_step(model: MRKD, optimizer: torch.optim.Optimizer, clean: torch.Tensor,
+                       augmented: torch.Tensor, device: torch.device) -> None:
+    clean, augmented = clean.to(device), augmented.to(device)
+    target = model.teacher(clean)
+    inputs = model.teacher(augmented)  # a second teacher pass
+    restored = model.restore(model.student(model.bottleneck(inputs)))
+    loss = distillation_loss(target, restored)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def authors_pro(mask: np.ndarray, amap: np.ndarray, steps: int = 200) -> float:
+    """PRO of one image the way the authors' code loops over thresholds and regions (slow on purpose)."""
+    regions = measure.regionprops(measure.label(mask))
+    fprs, pros = [], []
+    low, high = amap.min(), amap.max()
+    for threshold in np.arange(low, high, (high - low) / steps):
+        binary = amap > threshold
+        pros.append(np.mean([binary[r.coords[:, 0], r.coords[:, 1]].sum() / r.area for r in regions]))
+        fprs.append(np.logical_and(binary, ~mask).sum() / (~mask).sum())
+    fprs, pros = np.array(fprs), np.array(pros)
+    keep = fprs < 0.3
+    return auc(fprs[keep] / fprs[keep].max(), pros[keep])
+
+
+@torch.no_grad()
+def authors_evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, labels: np.ndarray,
+                     device: torch.device, size: int) -> tuple[float, float, float]:
+    """Image AU-ROC, pixel AU-ROC and per-image PRO, one image at a time."""
+    model.eval()
+    pixel_labels, pixel_scores, image_scores, pros = [], [], [], []
+    for image, mask in zip(images, masks):
+        target, restored = model(image[None].to(device))
+        amap = sum(F.interpolate((1 - F.cosine_similarity(t, g))[:, None], size=size, mode="bilinear",
+                                 align_corners=True) for t, g in zip(target, restored))
+        amap = gaussian_filter(amap[0, 0].cpu().numpy(), sigma=4)
+        pixel_labels.extend(mask.astype(int).ravel())
+        pixel_scores.extend(amap.ravel())
+        image_scores.append(amap.max())
+        if mask.any():
+            pros.append(authors_pro(mask, amap))
+    return roc_auc_score(labels, image_scores), roc_auc_score(pixel_labels, pixel_scores), float(np.mean(pros))
+
+
+def evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, labels: np.ndarray, device: torch.device,
+             size: int, batch: int, execution: Execution) -> tuple[float, float, float, float]:
+    """The four metrics of this project's evaluation, batched on the device."""
+    loader = DataLoader(TensorDataset(images), batch_size=batch, pin_memory=device.type == "cuda")
+    scores, maps = predict(model, loader, device, size, (1, 2, 3), 4.0, 1, 111, execution)
+    return (metrics.image_auroc(labels, scores), metrics.pixel_auroc(masks, maps),
+            metrics.aupro(masks, maps), metrics.aupro_per_image(masks, maps))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, float]:
+    """Train `steps` steps after `warmup` and evaluate one synthetic category; runs in its own process."""
+    torch.manual_seed(0)
+    device = pick_device(options.device)
+    execution = execution_for(device, fast=variant == "c")
+    model = build_model(options.backbone, weights=None).to(device)
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if options.compile and variant == "c":
+        model.compile()
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=0.005, betas=(0.5, 0.999))
+    batches = synthetic_batches(options.warmup + options.steps, options.batch, options.size, device.type == "cuda")
+
+    def train(chunk):
+        if variant == "a":
+            model.train()
+            for clean, augmented in chunk:
+                authors_train_step(model, optimizer, clean, augmented, device)
+        else:
+            train_epoch(model, chunk, optimizer, device, True, None, execution)
+
+    train(batches[:options.warmup])
+    synchronize(device)
+    started = time.perf_counter()
+    train(batches[options.warmup:])
+    synchronize(device)
+    train_seconds = time.perf_counter() - started
+
+    images, masks, labels = synthetic_test_set(options.eval_images, options.size)
+    if variant == "a":
+        authors_evaluate(model, images[:2], masks[:2], labels[:2], device, options.size)  # warm-up
+    else:
+        evaluate(model, images[:options.batch], masks[:options.batch], labels[:options.batch], device,
+                 options.size, options.batch, execution)
+    synchronize(device)
+    started = time.perf_counter()
+    if variant == "a":
+        authors_evaluate(model, images, masks, labels, device, options.size)
+    else:
+        evaluate(model, images, masks, labels, device, options.size, options.batch, execution)
+    synchronize(device)
+    eval_seconds = time.perf_counter() - started
+
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, whole process
+    return {"steps_per_second": options.steps / train_seconds,
+            "images_per_second": options.steps * options.batch / train_seconds,
+            "peak_gib": peak, "eval_seconds": eval_seconds}
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--backbone", default="wide_resnet50_2")
+    parser.add_argument("--size", type=int, default=256, help="image side (the paper: 256)")
+    parser.add_argument("--batch", type=int, default=16, help="batch size (the paper: 16)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
+    parser.add_argument("--eval_images", type=int, default=150, help="test images of the evaluated category")
+    parser.add_argument("--variants", default="abc", help="which of a, b, c to run")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path (c)")
+    options = parser.parse_args()
+    device = pick_device(options.device)
+    print(f"{describe(device)}, torch {torch.__version__}: {options.backbone}, {options.size}x{options.size}, "
+          f"batch {options.batch}, {options.steps} timed steps, {options.eval_images} test images")
+    print(f"{'variant':<14}{'train steps/s':>15}{'images/s':>10}{'peak GiB':>10}{'eval s':>9}")
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for variant in options.variants:
+        with context.Pool(1) as pool:
+            results[variant] = pool.apply(measure_variant, (variant, options))
+        r = results[variant]
+        print(f"{VARIANTS[variant]:<14}{r['steps_per_second']:>15.3f}{r['images_per_second']:>10.1f}"
+              f"{r['peak_gib']:>10.2f}{r['eval_seconds']:>9.2f}", flush=True)
+    if device.type == "cpu":
+        print("peak memory on the CPU is the process's peak resident set")
+    if "a" in results and "c" in results:
+        train = results["c"]["steps_per_second"] / results["a"]["steps_per_second"]
+        evaluation = results["a"]["eval_seconds"] / results["c"]["eval_seconds"]
+        print(f"speedup train {train:.2f}x eval {evaluation:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
