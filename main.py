@@ -27,23 +27,28 @@ DATASET = "mvtec"               # "mvtec" (Tables 1-2), "mtd" (Table 3) or "btad
 CATEGORIES = ()                 # categories to run; empty: every category of DATASET
 IMAGE_SIZE = 256                # Sec. 4.1: images resized to 256x256
 # Method
+METHOD = "mrkd"                 # "mrkd" (this paper) or "drd" (DRD, Ge et al. 2025: METHOD_DEFAULTS below)
 BACKBONE = "wide_resnet50_2"    # Sec. 3.2; Table 8 also uses resnet18 and resnet50
 WEIGHTS = "imagenet"            # teacher weights: "imagenet" (IMAGENET1K_V1, as the authors), none, or a .pth path
 ILM = True                      # Table 5: image-level masking (NSA images as the student's input)
 FLM = True                      # Table 5: feature-level masking and the generation modules G
 FLM_RATIO = 0.2                 # lambda of Eq. (2), Sec. 4.1; Fig. 11 sweeps 0-0.8
 ALPHA = 1.0                     # Table 6: proportion of training images given NSA anomalies; authors' implementation
+SYNTHESIS = "nsa"               # ILM's anomalies: "nsa" (Sec. 3.2) or "drd" (DRD's pasted patches)
 NSA_MODE = "swap"               # authors' implementation; "poisson" or "mixed": NSA's own seamless blending
+BOTTLENECK = "ocbe"             # "ocbe": RD4AD's one-class bottleneck (Sec. 4.1); "mfcf": DRD's cascade fusion
 SCORE_LEVELS = (1, 2, 3)        # Eq. (5): levels summed into the map; Table 7 (SM^1 ... SM^1&2&3)
 # Training
 EPOCHS = 200                    # Sec. 4.1
 BATCH_SIZE = 16                 # Sec. 4.1
 LEARNING_RATE = 0.005           # Sec. 4.1
 BETAS = (0.5, 0.999)            # Adam betas, authors' implementation
+WEIGHT_DECAY = 0.0              # Adam weight decay: none in the authors' implementation (DRD: 1e-5)
 SEED = 111                      # authors' implementation; here re-applied at the start of every category
 # Evaluation
 SIGMA = 4.0                     # Gaussian smoothing of the map, authors' implementation (Sec. 3.4 is silent)
 EVAL_MASKS = 1                  # K, FLM masks averaged at test time; Sec. 3.4 uses one
+IMAGE_SCORE = "max"             # Eq. (6); "refined": DRD's (1 + v) x max, v from the calmest level
 EVAL_EVERY = 0                  # diagnostic only: also evaluate every N epochs (0: never); never picks the result
 # Running
 DEVICE = "auto"                 # "auto" (first CUDA GPU, else CPU), "cpu", "cuda", "cuda:1"
@@ -59,7 +64,7 @@ EVAL_ONLY = False               # evaluate the run's saved checkpoints, no train
 OVERWRITE = False               # allow a new run to replace an existing run's results
 FIGURES = True                  # draw Fig. 6, 7, 9 and ROC curves per category into results/<run>/figures/
 DEMO = False                    # run on generated demo data with DEMO_CONFIG below
-EXPERIMENT = ""                 # a preset of utils/presets.py: table3 ... table8, fig11 (every row in one command)
+EXPERIMENT = ""                 # a preset of utils/presets.py: table3 ... table8, fig11, family (every row at once)
 # ----------------------------------------------------------------------------------------
 CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isupper()}
 
@@ -71,6 +76,15 @@ DEMO_CONFIG = dict(
     RUN_NAME="demo", OVERWRITE=True,
 )
 
+# What METHOD changes (before the command line's overrides): DRD's parts and its training
+# constants, from its public implementation (model/drd.py). RD4AD needs no entry: it is
+# MRKD with ILM and FLM off.
+METHOD_DEFAULTS = {
+    "mrkd": {},
+    "drd": dict(BOTTLENECK="mfcf", SYNTHESIS="drd", IMAGE_SCORE="refined", FLM=False, ILM=True,
+                BATCH_SIZE=4, WEIGHT_DECAY=1e-5),
+}
+
 import numpy as np  # noqa: E402  (after the constants, so they stay at the top of the file)
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -80,12 +94,12 @@ from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
 from dataset import EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
 from dataset.demo import make_demo_dataset  # noqa: E402
 from dataset.nsa import MODES as NSA_MODES  # noqa: E402
-from model import MRKD, build_model  # noqa: E402
+from model import BOTTLENECKS, MRKD, build_model  # noqa: E402
 from model.teacher import check_backbone  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import apply_overrides  # noqa: E402
-from utils.engine import (Diverged, Execution, execution_for, level1_features, load_checkpoint, pick_device,  # noqa: E402
-                          predict, save_checkpoint, seed_everything, train_epoch)
+from utils.engine import (Diverged, Execution, Objective, Scoring, execution_for, level1_features,  # noqa: E402
+                          load_checkpoint, pick_device, predict, save_checkpoint, seed_everything, train_epoch)
 from utils.errors import InputError  # noqa: E402
 from utils.figures import (draw_category, figure_features, figure_lambda_sweep, load_predictions,  # noqa: E402
                            pca_project)
@@ -94,11 +108,16 @@ from utils.paper import PAPER  # noqa: E402
 from utils.report import category_line, with_mean, write_tables  # noqa: E402
 
 
-def resolve_config(argv: list[str]) -> dict[str, Any]:
-    """The constants, with DEMO_CONFIG if --demo is given, then the command-line overrides."""
-    config = apply_overrides(CONSTANTS, argv)
-    if config["DEMO"]:
-        config = apply_overrides({**CONSTANTS, **DEMO_CONFIG, "DEMO": True}, argv)
+def resolve_config(argv: list[str], row: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The constants, then DEMO_CONFIG (with --demo), the METHOD's defaults, the command line,
+    and last an experiment row's constants (so a row always is what its table says)."""
+    row = row or {}
+    given = apply_overrides(CONSTANTS, argv)
+    method = row.get("METHOD", given["METHOD"])
+    if method not in METHOD_DEFAULTS:
+        raise InputError(f"METHOD must be one of {', '.join(METHOD_DEFAULTS)}.")
+    base = {**CONSTANTS, **(DEMO_CONFIG if given["DEMO"] else {}), **METHOD_DEFAULTS[method]}
+    config = {**apply_overrides(base, argv), **row}
     if config["EXPERIMENT"] and config["RUN_NAME"] == CONSTANTS["RUN_NAME"]:
         config["RUN_NAME"] = config["EXPERIMENT"]
     check_config(config)
@@ -114,6 +133,11 @@ def check_config(config: dict[str, Any]) -> None:
         (0 <= config["FLM_RATIO"] < 1, "FLM_RATIO (lambda) must lie in [0, 1)"),
         (0 <= config["ALPHA"] <= 1, "ALPHA must lie in [0, 1]"),
         (config["NSA_MODE"] in NSA_MODES, f"NSA_MODE must be one of {', '.join(NSA_MODES)}"),
+        (config["SYNTHESIS"] in ("nsa", "drd"), "SYNTHESIS must be nsa or drd"),
+        (config["BOTTLENECK"] in BOTTLENECKS, f"BOTTLENECK must be one of {', '.join(BOTTLENECKS)}"),
+        (config["IMAGE_SCORE"] in ("max", "refined"), "IMAGE_SCORE must be max or refined"),
+        (config["METHOD"] != "drd" or config["ILM"], "METHOD=drd trains on pseudo-abnormal images: it needs ILM=True"),
+        (config["WEIGHT_DECAY"] >= 0, "WEIGHT_DECAY must be at least 0"),
         (len(config["SCORE_LEVELS"]) > 0 and set(config["SCORE_LEVELS"]) <= {1, 2, 3},
          "SCORE_LEVELS must be a non-empty subset of 1,2,3"),
         (config["EPOCHS"] >= 1 and config["BATCH_SIZE"] >= 1, "EPOCHS and BATCH_SIZE must be at least 1"),
@@ -146,8 +170,11 @@ def train_category(model: MRKD, category: str, train_files: list[Path], test_set
     """Adam over theta_B, theta_S, theta_G for EPOCHS epochs (Algorithm 1), resumable."""
     seed = config["SEED"]
     train_set = TrainImages(train_files, category, config["IMAGE_SIZE"], alpha=config["ALPHA"],
-                            nsa_mode=config["NSA_MODE"], seed=seed, augment=config["ILM"])
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["LEARNING_RATE"], betas=config["BETAS"])
+                            nsa_mode=config["NSA_MODE"], seed=seed, augment=config["ILM"],
+                            synthesis=config["SYNTHESIS"])
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["LEARNING_RATE"], betas=config["BETAS"],
+                                 weight_decay=config["WEIGHT_DECAY"])
+    objective = Objective(config["METHOD"], config["ILM"])
     start = 0
     if config["RESUME"] and checkpoint.exists():
         start = load_checkpoint(checkpoint, model, optimizer, device)["epoch"]
@@ -161,10 +188,13 @@ def train_category(model: MRKD, category: str, train_files: list[Path], test_set
     bar = tqdm(total=(epochs - start) * len(loader), desc=f"{category} training", unit="step", dynamic_ncols=True)
     for epoch in range(start, epochs):
         started = time.perf_counter()
-        # FLM masks of each epoch come from their own seed, so a resumed run repeats them.
-        mask_generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        # Each epoch's random draws (FLM masks, DRD's feature noise) come from their own seed,
+        # so a resumed run repeats them.
+        epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+        torch.manual_seed(epoch_seed)
+        mask_generator = torch.Generator().manual_seed(epoch_seed)
         try:
-            loss = train_epoch(model, loader, optimizer, device, config["ILM"], mask_generator, execution,
+            loss = train_epoch(model, loader, optimizer, device, objective, mask_generator, execution,
                                on_step=lambda value: (bar.update(), bar.set_postfix(loss=f"{value:.4f}")))
         except Diverged as error:
             bar.close()
@@ -184,8 +214,9 @@ def evaluate_category(model: MRKD, test_set: TestImages, config: dict[str, Any],
     """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
     loader = DataLoader(test_set, batch_size=config["BATCH_SIZE"], shuffle=False,
                         num_workers=min(config["WORKERS"], 2), pin_memory=device.type == "cuda")
-    scores, maps = predict(model, loader, device, config["IMAGE_SIZE"], config["SCORE_LEVELS"], config["SIGMA"],
-                           config["EVAL_MASKS"], mask_seed=config["SEED"], execution=execution)
+    scoring = Scoring(config["IMAGE_SIZE"], config["SCORE_LEVELS"], config["SIGMA"], config["EVAL_MASKS"],
+                      config["SEED"], config["IMAGE_SCORE"])
+    scores, maps = predict(model, loader, device, scoring, execution)
     values = {
         "image_auroc": metrics.image_auroc(test_set.labels, scores),
         "pixel_auroc": metrics.pixel_auroc(test_set.masks, maps),
@@ -203,7 +234,8 @@ def run_category(config: dict[str, Any], category: str, device: torch.device, re
         tqdm.write(f"{category}: skipped, its test set holds no anomalous image to evaluate on.")
         return {"category": category, "status": "no anomalous test image"}
     seed_everything(config["SEED"])  # a fresh seed per category: results do not depend on the loop order
-    model = build_model(config["BACKBONE"], config["WEIGHTS"], config["FLM_RATIO"], config["FLM"]).to(device)
+    model = build_model(config["BACKBONE"], config["WEIGHTS"], config["FLM_RATIO"], config["FLM"],
+                        config["BOTTLENECK"]).to(device)
     execution = execution_for(device, config["FAST"])
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -245,14 +277,14 @@ def save_predictions(path: Path, category: str, model: MRKD, test_set: TestImage
     )
 
 
-def run(config: dict[str, Any]) -> list[dict[str, Any]]:
+def run(config: dict[str, Any], argv: list[str]) -> list[dict[str, Any]]:
     """The main job: every category, or with EXPERIMENT every row of a preset."""
     if config["DEMO"]:
         make_demo_dataset(Path(config["DATA_DIR"]))
     results = Path(config["RESULTS_DIR"]) / config["RUN_NAME"]
     checkpoints = Path(config["CHECKPOINT_DIR"]) / config["RUN_NAME"]
     if config["EXPERIMENT"]:
-        return run_experiment(config, results, checkpoints)
+        return run_experiment(config, argv, results, checkpoints)
     return run_categories(config, results, checkpoints)
 
 
@@ -263,7 +295,7 @@ def run_categories(config: dict[str, Any], results: Path, checkpoints: Path) -> 
         category_files(config["DATASET"], config["DATA_DIR"], category)
     device = pick_device(config["DEVICE"])
     claim_folders(config, results, checkpoints)
-    paper = paper_rows(PAPER.get(("mrkd", config["DATASET"])), categories)
+    paper = paper_rows(config, categories)
     print(f"MRKD run {config['RUN_NAME']!r} on {device}: {len(categories)} categories, results in {results}")
     rows = []
     for category in categories:
@@ -274,7 +306,7 @@ def run_categories(config: dict[str, Any], results: Path, checkpoints: Path) -> 
     return rows
 
 
-def run_experiment(config: dict[str, Any], results: Path, checkpoints: Path) -> list[dict[str, Any]]:
+def run_experiment(config: dict[str, Any], argv: list[str], results: Path, checkpoints: Path) -> list[dict[str, Any]]:
     """Each row of a preset as a run of its own in results/<run>/<row>/, then the preset's table.
 
     Rows that differ only in evaluation constants (Table 7) evaluate the checkpoints of
@@ -284,8 +316,7 @@ def run_experiment(config: dict[str, Any], results: Path, checkpoints: Path) -> 
     trained: dict[tuple, str] = {}  # training key -> the folder holding its checkpoints
     rows = []
     for row in preset.rows:
-        row_config = {**config, **row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)}
-        check_config(row_config)
+        row_config = resolve_config(argv, {**row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)})
         key = training_key(row)
         if key in trained:
             row_config["EVAL_ONLY"] = True
@@ -295,8 +326,9 @@ def run_experiment(config: dict[str, Any], results: Path, checkpoints: Path) -> 
         failed = any(category["status"] == "diverged" for category in categories)
         rows.append({**with_mean(categories)[-1], "category": row.label, "status": "diverged" if failed else "ok"})
     paper = {row.label: row.paper for row in preset.rows}
-    note = (f"{preset.title}. Ours: the mean over the categories run; paper: the MVTec AD mean it reports, "
-            f"AU-PRO as the authors compute it (compare with aupro_per_image).")
+    note = (f"{preset.title}. Ours: the mean over the categories run, each evaluated once after the last "
+            f"epoch; paper: the MVTec AD mean it reports, AU-PRO as the authors compute it (compare with "
+            f"aupro_per_image).")
     print("\n" + write_tables(results, config["EXPERIMENT"], rows, paper, note, mean=False))
     draw_experiment(preset, rows, results)
     return rows
@@ -315,14 +347,15 @@ def draw_experiment(preset: Preset, rows: list[dict[str, Any]], results: Path) -
                             results / "figures" / f"{preset.sweep.lower()}_sweep.png")
 
 
-def paper_rows(paper: dict[str, tuple] | None, categories: tuple[str, ...]) -> dict[str, tuple] | None:
-    """The paper's rows for the categories run; its mean only when every category it reports was run."""
-    if paper is None or not set(categories) & set(paper):
-        return None
+def paper_rows(config: dict[str, Any], categories: tuple[str, ...]) -> dict[str, tuple] | None:
+    """The reported numbers of the method run (RD4AD when ILM and FLM are off) for the categories
+    run; the paper's mean only when every category of the dataset was run."""
+    method = config["METHOD"] if config["ILM"] or config["FLM"] else "rd4ad"
+    paper = PAPER.get((method, config["DATASET"]), {})
     rows = {name: paper[name] for name in categories if name in paper}
-    if set(paper) - {"mean"} <= set(categories):
+    if "mean" in paper and set(DATASET_CATEGORIES[config["DATASET"]]) <= set(categories):
         rows["mean"] = paper["mean"]
-    return rows
+    return rows or None
 
 
 def usage() -> str:
@@ -337,7 +370,7 @@ def main(argv: list[str]) -> int:
         print(usage())
         return 0
     try:
-        rows = run(resolve_config(argv))
+        rows = run(resolve_config(argv), argv)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from dataset import nsa
+from dataset import nsa, pseudo
 from dataset.folders import TestSample
 from utils.errors import InputError
 
@@ -106,9 +106,9 @@ class TrainImages(Dataset):
     """Normal training images as (clean, augmented) pairs, each (3, S, S) float32 normalised.
 
     The clean image is the teacher's target; the augmented one is image-level
-    masking (ILM): NSA applied, with probability alpha, to the resized uint8
-    image (NSA runs at the training resolution, as the authors do). With
-    augment=False (ILM off) the pair is (clean, clean) and no NSA work is done.
+    masking (ILM, see image_level_mask), applied to the resized uint8 image (NSA
+    runs at the training resolution, as the authors do). With augment=False (ILM
+    off) the pair is (clean, clean) and no synthesis work is done.
     Index it with EpochSampler keys: item key `epoch * len(self) + index` uses
     the generator np.random.default_rng([seed, epoch, index]).
     """
@@ -122,6 +122,7 @@ class TrainImages(Dataset):
         nsa_mode: str = "swap",
         seed: int = 0,
         augment: bool = True,
+        synthesis: str = "nsa",
     ):
         self.files = list(files)
         self.category = category
@@ -129,8 +130,9 @@ class TrainImages(Dataset):
         self.nsa_mode = nsa_mode
         self.seed = seed
         self.augment = augment
+        self.synthesis = synthesis
         self.images = _preload(self.files, image_size, f"loading {category} train")  # (N, S, S, 3)
-        if augment and alpha > 0 and not nsa.has_constants(category):
+        if augment and alpha > 0 and synthesis == "nsa" and not nsa.has_constants(category):
             print(f"note: no NSA constants for category '{category}'; using the texture defaults.")
 
     def __len__(self) -> int:
@@ -143,8 +145,21 @@ class TrainImages(Dataset):
         if not self.augment:
             return clean, clean
         rng = np.random.default_rng([self.seed, epoch, index])
-        augmented, _ = nsa.maybe_synthesize(image, self.category, rng, self.alpha, self.nsa_mode)
+        augmented = image_level_mask(image, self.category, rng, self.alpha, self.synthesis, self.nsa_mode)
         return clean, to_tensor(augmented)
+
+
+def image_level_mask(image: np.ndarray, category: str, rng: np.random.Generator, alpha: float,
+                     synthesis: str = "nsa", nsa_mode: str = "swap") -> np.ndarray:
+    """ILM's input x_a, (H, W, 3) uint8: with probability alpha (Table 6) a synthetic anomaly, else the image.
+
+    synthesis "nsa": NSA as the authors configure it (Sec. 3.2); "drd": DRD's pasted patches.
+    """
+    if rng.random() >= alpha:
+        return image
+    if synthesis == "drd":
+        return pseudo.drd_pseudo_anomaly(image, rng)[0]
+    return nsa.synthesize(image, category, rng, nsa_mode)[0]
 
 
 class TestImages(Dataset):

@@ -321,17 +321,3 @@ def synthesize(
     that changed). All randomness is drawn from rng.
     """
     return synthesize_with(image, params_for(category), rng, mode)
-
-
-def maybe_synthesize(
-    image: np.ndarray, category: str, rng: np.random.Generator, alpha: float, mode: str = "swap"
-) -> tuple[np.ndarray, np.ndarray]:
-    """With probability alpha (Table 6) synthesize(), else an unchanged copy and an empty mask.
-
-    Returns (augmented (H, W, 3) uint8, mask (H, W) bool) like synthesize().
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    if rng.random() < alpha:
-        return synthesize(image, category, rng, mode)
-    return image.copy(), np.zeros(image.shape[:2], dtype=bool)

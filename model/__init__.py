@@ -4,12 +4,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.bottleneck import OneClassBottleneck
+from model.bottleneck import CascadeFusionBottleneck, OneClassBottleneck
 from model.generator import Generator
 from model.student import ReversedStudent
 from model.teacher import BACKBONES, Teacher
 
-__all__ = ["BACKBONES", "MRKD", "build_model"]
+__all__ = ["BACKBONES", "BOTTLENECKS", "MRKD", "build_model"]
+
+# "ocbe": RD4AD's one-class bottleneck embedding, MRKD's (Sec. 4.1); "mfcf": DRD's cascade fusion.
+BOTTLENECKS = {"ocbe": OneClassBottleneck, "mfcf": CascadeFusionBottleneck}
 
 
 class MRKD(nn.Module):
@@ -20,12 +23,12 @@ class MRKD(nn.Module):
     when FLM is off, in which case the student's output is compared directly.
     """
 
-    def __init__(self, teacher: Teacher, flm: bool = True, flm_ratio: float = 0.2):
+    def __init__(self, teacher: Teacher, flm: bool = True, flm_ratio: float = 0.2, bottleneck: str = "ocbe"):
         super().__init__()
         if not 0 <= flm_ratio < 1:
             raise ValueError(f"flm_ratio (lambda) must lie in [0, 1), got {flm_ratio}.")
         self.teacher = teacher
-        self.bottleneck = OneClassBottleneck(teacher.block, teacher.channels, teacher.width_per_group)
+        self.bottleneck = BOTTLENECKS[bottleneck](teacher.block, teacher.channels, teacher.width_per_group)
         self.student = ReversedStudent(teacher.block, self.bottleneck.out_channels, teacher.width_per_group)
         self.generators = nn.ModuleList([Generator(c) for c in teacher.channels] if flm else [])
         self.flm_ratio = flm_ratio
@@ -50,15 +53,21 @@ class MRKD(nn.Module):
     def distill(self, images: torch.Tensor, augmented: torch.Tensor | None = None
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher targets f_T,n and student features f_S = S(B(T(x_a))), Eq. (1)."""
-        if augmented is None:
-            target = inputs = self.teacher(images)
-        else:
-            # One teacher pass over both batches: the teacher is in eval mode, so
-            # stacking changes nothing but the speed.
-            both = self.teacher(torch.cat([images, augmented]))
-            target = [f[: len(images)] for f in both]
-            inputs = [f[len(images):] for f in both]
+        target, inputs = self.teacher_pair(images, augmented)
         return target, self.student(self.bottleneck(inputs))
+
+    def teacher_pair(self, images: torch.Tensor, augmented: torch.Tensor | None = None
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """f_T,n = T(x_n) and f_T,a = T(x_a) (f_T,n twice when augmented is None), Eq. (1).
+
+        One teacher pass over both batches: the teacher is in eval mode, so stacking
+        changes nothing but the speed.
+        """
+        if augmented is None:
+            target = self.teacher(images)
+            return target, target
+        both = self.teacher(torch.cat([images, augmented]))
+        return [f[: len(images)] for f in both], [f[len(images):] for f in both]
 
     def restore(self, student: list[torch.Tensor], mask_generator: torch.Generator | None = None
                 ) -> list[torch.Tensor]:
@@ -73,10 +82,11 @@ class MRKD(nn.Module):
 
 
 def build_model(backbone: str = "wide_resnet50_2", weights: str | None = "imagenet",
-                flm_ratio: float = 0.2, flm: bool = True) -> MRKD:
+                flm_ratio: float = 0.2, flm: bool = True, bottleneck: str = "ocbe") -> MRKD:
     """MRKD on a torchvision backbone (Table 8: resnet18, resnet50, wide_resnet50_2).
 
     weights: "imagenet" (torchvision's IMAGENET1K_V1, the paper's), None (random
-    init, for tests and offline demos) or the path of a .pth state dict.
+    init, for tests and offline demos) or the path of a .pth state dict. bottleneck:
+    "ocbe" (MRKD's) or "mfcf" (DRD's).
     """
-    return MRKD(Teacher(backbone, weights), flm=flm, flm_ratio=flm_ratio)
+    return MRKD(Teacher(backbone, weights), flm=flm, flm_ratio=flm_ratio, bottleneck=bottleneck)

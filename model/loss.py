@@ -28,19 +28,23 @@ def distillation_loss(teacher: Sequence[torch.Tensor], restored: Sequence[torch.
     return loss
 
 
+def level_distances(teacher: Sequence[torch.Tensor], restored: Sequence[torch.Tensor],
+                    levels: Sequence[int] = ALL_LEVELS) -> list[torch.Tensor]:
+    """1 - cosine over channels at each position, per chosen level: [(B, h_l, w_l)], the terms of Eq. (5)."""
+    return [1 - F.cosine_similarity(teacher[level - 1].float(), restored[level - 1].float(), dim=1)
+            for level in levels]
+
+
+def upsample_levels(distances: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """Phi of Eq. (5): each level's map upsampled bilinearly (align_corners=True, as the authors), (B, L, S, S)."""
+    return torch.cat([F.interpolate(d[:, None], size=(size, size), mode="bilinear", align_corners=True)
+                      for d in distances], dim=1)
+
+
 def anomaly_map(teacher: Sequence[torch.Tensor], restored: Sequence[torch.Tensor], size: int,
                 levels: Sequence[int] = ALL_LEVELS) -> torch.Tensor:
-    """Anomaly score map S_AL before smoothing, Eq. (5): (B, size, size).
-
-    Per level, 1 - cosine over channels at each position, upsampled bilinearly
-    (align_corners=True, as the authors) to the image size, summed over the levels.
-    """
-    total = None
-    for level in levels:
-        distance = 1 - F.cosine_similarity(teacher[level - 1].float(), restored[level - 1].float(), dim=1)  # (B, h, w)
-        distance = F.interpolate(distance[:, None], size=(size, size), mode="bilinear", align_corners=True)
-        total = distance if total is None else total + distance
-    return total[:, 0]
+    """Anomaly score map S_AL before smoothing, Eq. (5): the upsampled level distances summed, (B, S, S)."""
+    return upsample_levels(level_distances(teacher, restored, levels), size).sum(dim=1)
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> torch.Tensor:

@@ -293,3 +293,16 @@ def test_loader_batches_do_not_depend_on_workers(train_files):
     assert len(single) == 4
     assert all(torch.equal(a, b) for a, b in zip(single, parallel))
     assert not torch.equal(single[0], single[2])
+
+
+@pytest.mark.parametrize("synthesis", ["nsa", "drd"])
+def test_image_level_mask_follows_alpha(synthesis):
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for seed in range(10):
+        untouched = images.image_level_mask(image, "carpet", np.random.default_rng(seed), 0.0, synthesis)
+        np.testing.assert_array_equal(untouched, image)
+        augmented = images.image_level_mask(image, "carpet", np.random.default_rng(seed), 1.0, synthesis)
+        assert not np.array_equal(augmented, image)
+    changed = [not np.array_equal(images.image_level_mask(image, "carpet", np.random.default_rng(s), 0.5, synthesis), image)
+               for s in range(200)]
+    assert 0.4 < np.mean(changed) < 0.6

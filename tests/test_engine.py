@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from model import build_model
 from model.loss import anomaly_map, image_score
-from utils.engine import Execution, predict
+from utils.engine import Execution, Scoring, predict
 
 
 def setup():
@@ -17,7 +17,7 @@ def setup():
 
 
 def run(model, loader, masks=1, seed=111, sigma=4.0):
-    return predict(model, loader, torch.device("cpu"), 32, (1, 2, 3), sigma, masks, seed, Execution())
+    return predict(model, loader, torch.device("cpu"), Scoring(32, (1, 2, 3), sigma, masks, seed), Execution())
 
 
 def test_prediction_is_repeatable_and_depends_on_the_mask_seed():

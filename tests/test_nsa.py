@@ -10,7 +10,6 @@ from dataset.nsa import (
     NSAParams,
     draw_half_widths,
     has_constants,
-    maybe_synthesize,
     object_mask,
     params_for,
     poisson_blend,
@@ -150,16 +149,6 @@ def test_object_paste_changes_only_object_pixels():
         assert not (mask & ~disk & ~from_source_object).any()
         changed_any += bool(mask.any())
     assert changed_any >= 15
-
-
-def test_alpha_zero_and_one():
-    image = noise_image()
-    for seed in range(20):
-        untouched, empty = maybe_synthesize(image, "carpet", np.random.default_rng(seed), alpha=0.0)
-        np.testing.assert_array_equal(untouched, image)
-        assert untouched is not image and not empty.any()
-        augmented, mask = maybe_synthesize(image, "carpet", np.random.default_rng(seed), alpha=1.0)
-        assert mask.any() and not np.array_equal(augmented, image)
 
 
 def test_poisson_blend_is_seamless_for_an_offset_source():

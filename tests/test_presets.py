@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import main
 from model import build_model
-from utils.engine import Execution, train_epoch
+from utils.engine import Execution, Objective, train_epoch
 from utils.presets import PRESETS, slug, training_key
 
 
@@ -65,7 +65,7 @@ def test_ilm_switch_decides_what_the_student_sees(ilm):
     clean, augmented = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     loader = DataLoader(TensorDataset(clean, augmented), batch_size=2)
     optimizer = torch.optim.Adam(model.trainable_parameters())
-    train_epoch(recorder, loader, optimizer, torch.device("cpu"), ilm, torch.Generator(), Execution())
+    train_epoch(recorder, loader, optimizer, torch.device("cpu"), Objective("mrkd", ilm), torch.Generator(), Execution())
     assert len(recorder.augmented) == 2
     assert all((seen is not None) == ilm for seen in recorder.augmented)
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from model import MRKD, build_model
 from model.loss import anomaly_map, distillation_loss
 from utils import metrics
-from utils.engine import Execution, execution_for, pick_device, predict, train_epoch
+from utils.engine import Execution, Objective, Scoring, execution_for, pick_device, predict, train_epoch
 
 VARIANTS = {"a": "(a) authors", "b": "(b) faithful", "c": "(c) fast"}
 
@@ -106,7 +106,7 @@ def evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, labels: np.nd
              size: int, batch: int, execution: Execution) -> tuple[float, float, float, float]:
     """The four metrics of this project's evaluation, batched on the device."""
     loader = DataLoader(TensorDataset(images), batch_size=batch, pin_memory=device.type == "cuda")
-    scores, maps = predict(model, loader, device, size, (1, 2, 3), 4.0, 1, 111, execution)
+    scores, maps = predict(model, loader, device, Scoring(size), execution)
     return (metrics.image_auroc(labels, scores), metrics.pixel_auroc(masks, maps),
             metrics.aupro(masks, maps), metrics.aupro_per_image(masks, maps))
 
@@ -135,7 +135,7 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
             for clean, augmented in chunk:
                 authors_train_step(model, optimizer, clean, augmented, device)
         else:
-            train_epoch(model, chunk, optimizer, device, True, None, execution)
+            train_epoch(model, chunk, optimizer, device, Objective(), None, execution)
 
     train(batches[:options.warmup])
     synchronize(device)

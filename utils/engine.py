@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from model import MRKD
-from model.loss import anomaly_map, distillation_loss, gaussian_blur, image_score
+from model import MRKD, drd
+from model.loss import distillation_loss, gaussian_blur, image_score, level_distances, upsample_levels
 from utils.errors import InputError
 
 
@@ -76,22 +76,45 @@ def execution_for(device: torch.device, fast: bool) -> Execution:
     return Execution(torch.float16, torch.amp.GradScaler(device.type), channels_last=True)
 
 
-def train_epoch(model: MRKD, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device,
-                ilm: bool, mask_generator: torch.Generator, execution: Execution,
-                on_step: Callable[[float], None] | None = None) -> float:
-    """One pass over the (clean, augmented) pairs; returns the mean loss, Eq. (4).
+@dataclass(frozen=True)
+class Objective:
+    """The training loss: MRKD's Eq. (4) or DRD's three losses.
 
-    With ilm=False the student sees the clean images' features (RD4AD). Raises
-    Diverged, before any further step, when the loss is not finite.
+    method "mrkd": the student restores the teacher features of the clean image from the
+    ILM input (ilm=False: from the clean image itself, RD4AD). method "drd": normal and
+    pseudo-abnormal images both go through bottleneck and student (the pseudo-abnormal
+    teacher features with Gaussian noise); kd + restoration + segmentation losses.
+    """
+
+    method: str = "mrkd"
+    ilm: bool = True
+
+    def loss(self, model: MRKD, clean: torch.Tensor, augmented: torch.Tensor,
+             mask_generator: torch.Generator | None) -> torch.Tensor:
+        if self.method == "mrkd":
+            target, restored = model(clean, augmented if self.ilm else None, mask_generator)
+            return distillation_loss(target, restored)
+        target, pseudo = model.teacher_pair(clean, augmented)
+        pseudo = drd.add_noise(pseudo, drd.NOISE_STD)
+        restored = model.restore(model.student(model.bottleneck(target)), mask_generator)
+        restored_pseudo = model.restore(model.student(model.bottleneck(pseudo)), mask_generator)
+        return drd.drd_loss(target, restored, pseudo, restored_pseudo, clean, augmented)
+
+
+def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
+                objective: Objective, mask_generator: torch.Generator | None, execution: Execution,
+                on_step: Callable[[float], None] | None = None) -> float:
+    """One pass over the (clean, augmented) pairs; returns the mean loss.
+
+    Raises Diverged, before any further step, when the loss is not finite.
     """
     model.train()
     total, steps = 0.0, 0
     for clean, augmented in loader:
         clean = execution.to_device(clean, device)
-        augmented = execution.to_device(augmented, device) if ilm else None
+        augmented = execution.to_device(augmented, device) if objective.ilm else None
         with execution.autocast(device):
-            target, restored = model(clean, augmented, mask_generator)
-            loss = distillation_loss(target, restored)
+            loss = objective.loss(model, clean, augmented, mask_generator)
         value = loss.item()
         if not np.isfinite(value):
             raise Diverged(f"the loss became {value} at step {steps + 1}")
@@ -109,27 +132,43 @@ def train_epoch(model: MRKD, loader: DataLoader, optimizer: torch.optim.Optimize
     return total / max(steps, 1)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How the maps and image scores are computed at test time (Sec. 3.4)."""
+
+    image_size: int
+    levels: tuple[int, ...] = (1, 2, 3)  # Eq. (5); Table 7
+    sigma: float = 4.0                   # Gaussian smoothing, authors' implementation
+    masks: int = 1                       # K FLM masks averaged; the paper uses one
+    mask_seed: int = 111                 # seeds the test-time FLM masks
+    image_score: str = "max"             # Eq. (6), or DRD's "refined" score
+
+
 @torch.no_grad()
-def predict(model: MRKD, loader: DataLoader, device: torch.device, image_size: int,
-            levels: Sequence[int], sigma: float, masks: int, mask_seed: int,
+def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scoring,
             execution: Execution) -> tuple[np.ndarray, np.ndarray]:
     """Image scores (N,) and smoothed anomaly maps (N, S, S), Eq. (5)-(6), batched on the device.
 
     FLM stays on at test time (Sec. 3.4); its masks come from a CPU generator seeded
-    with `mask_seed`, so two evaluations of one checkpoint agree exactly, on any
-    device. masks=K averages the maps of K independent masks (K=1: the paper).
+    with scoring.mask_seed, so two evaluations of one checkpoint agree exactly, on any
+    device. With K masks the level distances of K independent masks are averaged.
     """
     model.eval()
-    generator = torch.Generator().manual_seed(mask_seed)
+    generator = torch.Generator().manual_seed(scoring.mask_seed)
     all_scores, all_maps = [], []
     for batch in loader:
         images = execution.to_device(batch[0], device)
         with execution.autocast(device):
             target, student = model.distill(images)
-            maps = sum(anomaly_map(target, model.restore(student, generator), image_size, levels)
-                       for _ in range(masks)) / masks
-        maps = gaussian_blur(maps.float(), sigma)                      # (B, S, S)
-        all_scores.append(image_score(maps))
+            runs = [level_distances(target, model.restore(student, generator), scoring.levels)
+                    for _ in range(scoring.masks)]
+        distances = [sum(level) / scoring.masks for level in zip(*runs)]   # [(B, h_l, w_l)]
+        upsampled = upsample_levels(distances, scoring.image_size)         # (B, L, S, S)
+        maps = gaussian_blur(upsampled.sum(dim=1), scoring.sigma)          # (B, S, S)
+        if scoring.image_score == "refined":
+            all_scores.append(drd.refined_image_score(distances, upsampled, maps))
+        else:
+            all_scores.append(image_score(maps))
         all_maps.append(maps)
     return torch.cat(all_scores).cpu().numpy(), torch.cat(all_maps).cpu().numpy()
 
