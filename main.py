@@ -296,7 +296,8 @@ def run_categories(config: dict[str, Any], results: Path, checkpoints: Path) -> 
     device = pick_device(config["DEVICE"])
     claim_folders(config, results, checkpoints)
     paper = paper_rows(config, categories)
-    print(f"MRKD run {config['RUN_NAME']!r} on {device}: {len(categories)} categories, results in {results}")
+    print(f"Run {config['RUN_NAME']!r} ({config['METHOD']}) on {device}: {len(categories)} categories, "
+          f"results in {results}")
     rows = []
     for category in categories:
         rows.append(run_category(config, category, device, results, checkpoints))

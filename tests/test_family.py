@@ -9,17 +9,6 @@ from model import build_model
 from utils.engine import Objective
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo_data")
-
-
-def args(tmp_path, demo_dir, *extra):
-    return ["--demo", f"--data_dir={demo_dir}", f"--results_dir={tmp_path}/results",
-            f"--checkpoint_dir={tmp_path}/checkpoints", "--image_size=32", "--epochs=1",
-            "--categories=demo_texture", "--figures=False", *extra]
-
-
 def test_method_drd_brings_drds_parts_and_training_constants():
     config = main.resolve_config(["--method=drd"])
     assert (config["BOTTLENECK"], config["SYNTHESIS"], config["IMAGE_SCORE"]) == ("mfcf", "drd", "refined")
@@ -36,7 +25,7 @@ def test_drd_without_pseudo_anomalies_is_a_clear_error(capsys):
     assert "METHOD=drd trains on pseudo-abnormal images: it needs ILM=True." in capsys.readouterr().err
 
 
-def test_drd_objective_is_zero_free_and_trains_both_paths():
+def test_drd_objective_trains_bottleneck_and_student_not_the_teacher():
     torch.manual_seed(0)
     model = build_model("resnet18", weights=None, flm=False, bottleneck="mfcf")
     clean, pseudo = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
@@ -52,15 +41,15 @@ def test_drd_objective_is_zero_free_and_trains_both_paths():
     ("--image_score=refined",),                  # MRKD with DRD's refined image score
     ("--synthesis=drd",),                        # MRKD trained on DRD's pseudo-anomalies
 ])
-def test_drds_parts_combine_with_mrkd(tmp_path, demo_dir, switches):
-    assert main.main(args(tmp_path, demo_dir, *switches)) == 0
+def test_drds_parts_combine_with_mrkd(tmp_path, demo_args, switches):
+    assert main.main(demo_args(*switches)) == 0
     checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_texture.pt", weights_only=True)
     assert checkpoint["generators"]  # still MRKD: FLM's generators are trained
     assert any(key.startswith("level3") for key in checkpoint["bottleneck"]) == ("--bottleneck=mfcf" in switches)
 
 
-def test_family_preset_puts_the_three_methods_side_by_side(tmp_path, demo_dir):
-    assert main.main(args(tmp_path, demo_dir, "--experiment=family")) == 0
+def test_family_preset_puts_the_three_methods_side_by_side(tmp_path, demo_args):
+    assert main.main(demo_args("--experiment=family")) == 0
     run = tmp_path / "results" / "demo"
     with open(run / "family.csv") as file:
         rows = list(csv.DictReader(file))

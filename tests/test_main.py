@@ -10,18 +10,6 @@ import utils.engine
 from utils.config import apply_overrides
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo_data")
-
-
-def args(tmp_path, demo_dir, *extra):
-    """A tiny demo run writing into tmp_path: resnet18, 32 px, one epoch, one category."""
-    return ["--demo", f"--data_dir={demo_dir}", f"--results_dir={tmp_path}/results",
-            f"--checkpoint_dir={tmp_path}/checkpoints", "--image_size=32", "--epochs=1",
-            "--categories=demo_texture", "--figures=False", *extra]
-
-
 def read_metrics(path):
     with open(path) as file:
         return list(csv.DictReader(file))
@@ -78,8 +66,8 @@ def test_missing_dataset_exits_with_the_loaders_message_only(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
-def test_demo_run_writes_results_checkpoints_and_evaluates_deterministically(tmp_path, demo_dir, capsys):
-    assert main.main(args(tmp_path, demo_dir, "--figures=True")) == 0
+def test_demo_run_writes_results_checkpoints_and_evaluates_deterministically(tmp_path, demo_args, capsys):
+    assert main.main(demo_args("--figures=True")) == 0
     out = capsys.readouterr().out
     assert "demo_texture image_auroc" in out and "| mean |" in out
     run = tmp_path / "results" / "demo"
@@ -96,27 +84,27 @@ def test_demo_run_writes_results_checkpoints_and_evaluates_deterministically(tmp
     assert set(checkpoint) == {"bottleneck", "student", "generators", "optimizer", "epoch", "config"}
 
     # Evaluating the saved checkpoint again gives exactly the same numbers (seeded FLM masks).
-    assert main.main(args(tmp_path, demo_dir, "--eval_only=True")) == 0
+    assert main.main(demo_args("--eval_only=True")) == 0
     assert read_metrics(run / "metrics.csv") == rows
 
 
-def test_a_run_never_silently_replaces_another(tmp_path, demo_dir, capsys):
-    assert main.main(args(tmp_path, demo_dir, "--run_name=first", "--overwrite=False")) == 0
+def test_a_run_never_silently_replaces_another(tmp_path, demo_args, capsys):
+    assert main.main(demo_args("--run_name=first", "--overwrite=False")) == 0
     capsys.readouterr()
-    assert main.main(args(tmp_path, demo_dir, "--run_name=first", "--overwrite=False")) == 1
+    assert main.main(demo_args("--run_name=first", "--overwrite=False")) == 1
     assert "A run named 'first' exists" in capsys.readouterr().err
 
 
-def test_eval_only_without_checkpoint_is_a_clear_error(tmp_path, demo_dir, capsys):
-    assert main.main(args(tmp_path, demo_dir, "--eval_only=True", "--run_name=untrained")) == 1
+def test_eval_only_without_checkpoint_is_a_clear_error(tmp_path, demo_args, capsys):
+    assert main.main(demo_args("--eval_only=True", "--run_name=untrained")) == 1
     assert "No checkpoint at" in capsys.readouterr().err
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, demo_dir):
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, demo_args):
     common = ("--checkpoint_every=1",)
-    assert main.main(args(tmp_path, demo_dir, "--epochs=2", "--run_name=straight", *common)) == 0
-    assert main.main(args(tmp_path, demo_dir, "--epochs=1", "--run_name=split", *common)) == 0
-    assert main.main(args(tmp_path, demo_dir, "--epochs=2", "--run_name=split", "--resume=True", *common)) == 0
+    assert main.main(demo_args("--epochs=2", "--run_name=straight", *common)) == 0
+    assert main.main(demo_args("--epochs=1", "--run_name=split", *common)) == 0
+    assert main.main(demo_args("--epochs=2", "--run_name=split", "--resume=True", *common)) == 0
     straight, split = (torch.load(tmp_path / "checkpoints" / name / "demo_texture.pt", weights_only=True)
                        for name in ("straight", "split"))
     assert split["epoch"] == straight["epoch"] == 2
@@ -126,7 +114,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, demo_dir):
         read_metrics(tmp_path / "results" / "straight" / "metrics.csv")
 
 
-def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path, demo_dir, monkeypatch, capsys):
+def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path, demo_args, monkeypatch, capsys):
     real_loss = utils.engine.distillation_loss
     calls = []
 
@@ -136,7 +124,7 @@ def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path
         return loss * float("nan") if len(calls) > 5 else loss  # 40 images / batch 8: epoch 2 diverges
 
     monkeypatch.setattr(utils.engine, "distillation_loss", loss_turning_nan)
-    assert main.main(args(tmp_path, demo_dir, "--epochs=3", "--checkpoint_every=1")) == 1
+    assert main.main(demo_args("--epochs=3", "--checkpoint_every=1")) == 1
     out = capsys.readouterr().out
     assert "training stopped in epoch 2: the loss became nan at step 1" in out
     assert "the last good checkpoint is" in out
@@ -145,11 +133,11 @@ def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path
     assert read_metrics(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "diverged"
 
 
-def test_fast_path_gives_the_faithful_metrics_within_tolerance(tmp_path, demo_dir):
+def test_fast_path_gives_the_faithful_metrics_within_tolerance(tmp_path, demo_args):
     """bf16 + channels_last vs fp32 on the demo object, 64 px, 8 epochs: measured at most 1.9 points apart."""
     common = ("--image_size=64", "--epochs=8", "--categories=demo_object")
-    assert main.main(args(tmp_path, demo_dir, *common, "--run_name=faithful")) == 0
-    assert main.main(args(tmp_path, demo_dir, *common, "--run_name=fast", "--fast=True")) == 0
+    assert main.main(demo_args(*common, "--run_name=faithful")) == 0
+    assert main.main(demo_args(*common, "--run_name=fast", "--fast=True")) == 0
     faithful, fast = (read_metrics(tmp_path / "results" / name / "metrics.csv")[0] for name in ("faithful", "fast"))
     for name in ("image_auroc", "pixel_auroc", "aupro", "aupro_per_image"):
         assert abs(float(fast[name]) - float(faithful[name])) <= 0.03, name

@@ -13,17 +13,6 @@ from utils.engine import Execution, Objective, train_epoch
 from utils.presets import PRESETS, slug, training_key
 
 
-def args(tmp_path, demo_dir, *extra):
-    return ["--demo", f"--data_dir={demo_dir}", f"--results_dir={tmp_path}/results",
-            f"--checkpoint_dir={tmp_path}/checkpoints", "--image_size=32", "--epochs=1",
-            "--categories=demo_object", *extra]
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo_data")
-
-
 def assert_png_with_content(path):
     pixels = np.asarray(Image.open(path).convert("RGB"), dtype=float)
     assert pixels.std() > 10, f"{path} looks blank"
@@ -70,11 +59,11 @@ def test_ilm_switch_decides_what_the_student_sees(ilm):
     assert all((seen is not None) == ilm for seen in recorder.augmented)
 
 
-def test_flm_switch_leaves_no_generator_in_the_optimiser(tmp_path, demo_dir):
+def test_flm_switch_leaves_no_generator_in_the_optimiser(tmp_path, demo_args):
     without = build_model("resnet18", weights=None, flm=False)
     assert len(without.trainable_parameters()) == len(list(without.bottleneck.parameters())) + \
         len(list(without.student.parameters()))
-    assert main.main(args(tmp_path, demo_dir, "--flm=False", "--figures=False")) == 0
+    assert main.main(demo_args("--categories=demo_object", "--flm=False")) == 0
     checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_object.pt", weights_only=True)
     assert checkpoint["generators"] == {}
     optimised = sum(len(group["params"]) for group in checkpoint["optimizer"]["param_groups"])
@@ -86,8 +75,8 @@ def read_rows(path):
         return list(csv.DictReader(file))
 
 
-def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_dir, capsys):
-    assert main.main(args(tmp_path, demo_dir, "--experiment=table5")) == 0
+def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_args, capsys):
+    assert main.main(demo_args("--categories=demo_object", "--figures=True", "--experiment=table5")) == 0
     run = tmp_path / "results" / "demo"
     table = (run / "table5.md").read_text()
     for row in PRESETS["table5"].rows:
@@ -101,16 +90,16 @@ def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_
         assert_png_with_content(run / "baseline_ILM_FLM_MRKD" / "figures" / f"demo_object_{name}.png")
 
 
-def test_table7_preset_evaluates_one_training_six_ways(tmp_path, demo_dir):
-    assert main.main(args(tmp_path, demo_dir, "--experiment=table7", "--figures=False")) == 0
+def test_table7_preset_evaluates_one_training_six_ways(tmp_path, demo_args):
+    assert main.main(demo_args("--categories=demo_object", "--experiment=table7")) == 0
     assert [p.name for p in (tmp_path / "checkpoints" / "demo").iterdir()] == ["SM_1"]
     rows = read_rows(tmp_path / "results" / "demo" / "table7.csv")
     assert [row["category"] for row in rows] == [row.label for row in PRESETS["table7"].rows]
     assert len({row["pixel_auroc"] for row in rows}) > 1  # the level subset changes the map
 
 
-def test_fig11_preset_draws_the_lambda_sweep(tmp_path, demo_dir):
-    assert main.main(args(tmp_path, demo_dir, "--experiment=fig11", "--figures=False")) == 0
+def test_fig11_preset_draws_the_lambda_sweep(tmp_path, demo_args):
+    assert main.main(demo_args("--categories=demo_object", "--experiment=fig11")) == 0
     assert_png_with_content(tmp_path / "results" / "demo" / "figures" / "flm_ratio_sweep.png")
     assert len(read_rows(tmp_path / "results" / "demo" / "fig11.csv")) == 5
 
