@@ -240,7 +240,8 @@ def run_category(config: dict[str, Any], category: str, device: torch.device, re
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config["COMPILE"]:
-        model.compile()
+        for part in (model.teacher, model.bottleneck, model.student, *model.generators):
+            part.compile()  # each part, since training and evaluation call them separately
     checkpoint = checkpoints / f"{category}.pt"
     test_set = TestImages(files.test, config["IMAGE_SIZE"])
     if config["EVAL_ONLY"]:
@@ -326,7 +327,8 @@ def run_experiment(config: dict[str, Any], argv: list[str], results: Path, check
         categories = run_categories(row_config, results / slug(row.label), checkpoints / folder)
         failed = any(category["status"] == "diverged" for category in categories)
         rows.append({**with_mean(categories)[-1], "category": row.label, "status": "diverged" if failed else "ok"})
-    paper = {row.label: row.paper for row in preset.rows}
+    reported = any(value is not None for row in preset.rows for value in row.paper)
+    paper = {row.label: row.paper for row in preset.rows} if reported else None
     note = (f"{preset.title}. Ours: the mean over the categories run, each evaluated once after the last "
             f"epoch; paper: the MVTec AD mean it reports, AU-PRO as the authors compute it (compare with "
             f"aupro_per_image).")

@@ -125,7 +125,8 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if options.compile and variant == "c":
-        model.compile()
+        for part in (model.teacher, model.bottleneck, model.student, *model.generators):
+            part.compile()
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=0.005, betas=(0.5, 0.999))
     batches = synthetic_batches(options.warmup + options.steps, options.batch, options.size, device.type == "cuda")
 
