@@ -76,15 +76,6 @@ DEMO_CONFIG = dict(
     RUN_NAME="demo", OVERWRITE=True,
 )
 
-# What METHOD changes (before the command line's overrides): DRD's parts and its training
-# constants, from its public implementation (model/drd.py). RD4AD needs no entry: it is
-# MRKD with ILM and FLM off.
-METHOD_DEFAULTS = {
-    "mrkd": {},
-    "drd": dict(BOTTLENECK="mfcf", SYNTHESIS="drd", IMAGE_SCORE="refined", FLM=False, ILM=True,
-                BATCH_SIZE=4, WEIGHT_DECAY=1e-5),
-}
-
 import numpy as np  # noqa: E402  (after the constants, so they stay at the top of the file)
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -94,7 +85,7 @@ from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
 from dataset import EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
 from dataset.demo import make_demo_dataset  # noqa: E402
 from dataset.nsa import MODES as NSA_MODES  # noqa: E402
-from model import BOTTLENECKS, MRKD, build_model  # noqa: E402
+from model import BOTTLENECKS, MRKD, build_model, drd  # noqa: E402
 from model.teacher import check_backbone  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import apply_overrides  # noqa: E402
@@ -106,6 +97,14 @@ from utils.figures import (draw_category, figure_features, figure_lambda_sweep, 
 from utils.presets import PRESETS, Preset, slug, training_key  # noqa: E402
 from utils.paper import PAPER  # noqa: E402
 from utils.report import category_line, with_mean, write_tables  # noqa: E402
+
+# What METHOD changes (before the command line's overrides): DRD's parts and its training
+# constants (model/drd.py, from its public implementation). RD4AD needs no entry: it is
+# MRKD with ILM and FLM off.
+METHOD_DEFAULTS = {
+    "mrkd": {},
+    "drd": dict(BOTTLENECK="mfcf", SYNTHESIS="drd", IMAGE_SCORE="refined", FLM=False, ILM=True, **drd.TRAINING),
+}
 
 
 def resolve_config(argv: list[str], row: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -230,9 +229,10 @@ def run_category(config: dict[str, Any], category: str, device: torch.device, re
                  checkpoints: Path) -> dict[str, Any]:
     """Build, train (or load), evaluate after the last epoch, save; returns the table row."""
     files = category_files(config["DATASET"], config["DATA_DIR"], category)
-    if not files.has_anomalies:
-        tqdm.write(f"{category}: skipped, its test set holds no anomalous image to evaluate on.")
-        return {"category": category, "status": "no anomalous test image"}
+    for present, kind in ((files.has_anomalies, "anomalous"), (files.has_normals, "normal")):
+        if not present:  # AU-ROC needs both kinds: report the category instead of crashing on it
+            tqdm.write(f"{category}: skipped, its test set holds no {kind} image to evaluate on.")
+            return {"category": category, "status": f"no {kind} test image"}
     seed_everything(config["SEED"])  # a fresh seed per category: results do not depend on the loop order
     model = build_model(config["BACKBONE"], config["WEIGHTS"], config["FLM_RATIO"], config["FLM"],
                         config["BOTTLENECK"]).to(device)

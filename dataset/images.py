@@ -54,12 +54,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return (scaled - _MEAN) / _STD
 
 
-def denormalize(tensor: torch.Tensor) -> np.ndarray:
-    """Inverse of to_tensor: (3, H, W) normalised -> (H, W, 3) uint8, for figures."""
-    scaled = (tensor.detach().cpu().float() * _STD + _MEAN).clamp(0.0, 1.0)
-    return (scaled * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 class EpochSampler(Sampler[int]):
     """Shuffles like a DataLoader with shuffle=True, but yields keys that carry the epoch.
 

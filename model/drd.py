@@ -20,14 +20,9 @@ from model.loss import level_distances, upsample_levels
 NOISE_STD = 0.1
 # Weight of the segmentation loss in the sum of the three losses (DRD's public implementation).
 SEGMENTATION_WEIGHT = 0.1
-# DRD's optimiser and schedule: Adam with these settings (DRD's public implementation).
-TRAINING = {
-    "LEARNING_RATE": 0.005,
-    "BETAS": (0.5, 0.999),
-    "WEIGHT_DECAY": 1e-5,
-    "BATCH_SIZE": 4,
-    "EPOCHS": 200,
-}
+# DRD's optimiser and batch, as main.py's constants (DRD's public implementation: Adam,
+# learning rate 0.005, betas (0.5, 0.999), 200 epochs like MRKD; these two differ).
+TRAINING = {"WEIGHT_DECAY": 1e-5, "BATCH_SIZE": 4}
 
 
 def add_noise(features: Sequence[torch.Tensor], std: float,

@@ -1,6 +1,7 @@
 """main.py end to end on the demo data: configuration, errors, checkpoints, resume, determinism."""
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -142,3 +143,14 @@ def test_fast_path_gives_the_faithful_metrics_within_tolerance(tmp_path, demo_ar
     for name in ("image_auroc", "pixel_auroc", "aupro", "aupro_per_image"):
         assert abs(float(fast[name]) - float(faithful[name])) <= 0.03, name
     assert float(faithful["pixel_auroc"]) > 0.9  # both detect the defects: the comparison means something
+
+
+def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp_path, demo_args, capsys):
+    data = tmp_path / "data"
+    main.make_demo_dataset(data)
+    for defect in (data / "demo_texture" / "test").iterdir():
+        if defect.name != "good":
+            shutil.rmtree(defect)  # the demo data is not regenerated: its version marker is there
+    assert main.main(demo_args(f"--data_dir={data}")) == 0
+    assert "demo_texture: skipped, its test set holds no anomalous image to evaluate on." in capsys.readouterr().out
+    assert read_metrics(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "no anomalous test image"

@@ -28,7 +28,7 @@ from sklearn.metrics import auc, roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
 from model import MRKD, build_model
-from model.loss import anomaly_map, distillation_loss
+from model.loss import distillation_loss
 from utils import metrics
 from utils.engine import Execution, Objective, Scoring, execution_for, pick_device, predict, train_epoch
 

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from model import MRKD, drd
 from model.loss import distillation_loss, gaussian_blur, image_score, level_distances, upsample_levels
