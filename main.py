@@ -82,15 +82,16 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
-from dataset import EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
+from dataset import CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
+from dataset.images import SYNTHESES  # noqa: E402
 from dataset.demo import make_demo_dataset  # noqa: E402
 from dataset.nsa import MODES as NSA_MODES  # noqa: E402
 from model import BOTTLENECKS, MRKD, build_model, drd  # noqa: E402
 from model.teacher import check_backbone  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import apply_overrides  # noqa: E402
-from utils.engine import (Diverged, Execution, Objective, Scoring, execution_for, level1_features,  # noqa: E402
-                          load_checkpoint, pick_device, predict, save_checkpoint, seed_everything, train_epoch)
+from utils.engine import (IMAGE_SCORES, Diverged, Execution, Objective, Scoring, execution_for,  # noqa: E402
+                          level1_features, load_checkpoint, pick_device, predict, save_checkpoint, seed_everything, train_epoch)
 from utils.errors import InputError  # noqa: E402
 from utils.figures import (draw_category, figure_features, figure_lambda_sweep, load_predictions,  # noqa: E402
                            pca_project)
@@ -132,9 +133,9 @@ def check_config(config: dict[str, Any]) -> None:
         (0 <= config["FLM_RATIO"] < 1, "FLM_RATIO (lambda) must lie in [0, 1)"),
         (0 <= config["ALPHA"] <= 1, "ALPHA must lie in [0, 1]"),
         (config["NSA_MODE"] in NSA_MODES, f"NSA_MODE must be one of {', '.join(NSA_MODES)}"),
-        (config["SYNTHESIS"] in ("nsa", "drd"), "SYNTHESIS must be nsa or drd"),
+        (config["SYNTHESIS"] in SYNTHESES, f"SYNTHESIS must be one of {', '.join(SYNTHESES)}"),
         (config["BOTTLENECK"] in BOTTLENECKS, f"BOTTLENECK must be one of {', '.join(BOTTLENECKS)}"),
-        (config["IMAGE_SCORE"] in ("max", "refined"), "IMAGE_SCORE must be max or refined"),
+        (config["IMAGE_SCORE"] in IMAGE_SCORES, f"IMAGE_SCORE must be one of {', '.join(IMAGE_SCORES)}"),
         (config["METHOD"] != "drd" or config["ILM"], "METHOD=drd trains on pseudo-abnormal images: it needs ILM=True"),
         (config["WEIGHT_DECAY"] >= 0, "WEIGHT_DECAY must be at least 0"),
         (len(config["SCORE_LEVELS"]) > 0 and set(config["SCORE_LEVELS"]) <= {1, 2, 3},
@@ -211,8 +212,8 @@ def train_category(model: MRKD, category: str, train_files: list[Path], test_set
 def evaluate_category(model: MRKD, test_set: TestImages, config: dict[str, Any], device: torch.device,
                       execution: Execution) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
-    loader = DataLoader(test_set, batch_size=config["BATCH_SIZE"], shuffle=False,
-                        num_workers=min(config["WORKERS"], 2), pin_memory=device.type == "cuda")
+    # The test images are preloaded: worker processes would only add their start-up time.
+    loader = DataLoader(test_set, batch_size=config["BATCH_SIZE"], shuffle=False, pin_memory=device.type == "cuda")
     scoring = Scoring(config["IMAGE_SIZE"], config["SCORE_LEVELS"], config["SIGMA"], config["EVAL_MASKS"],
                       config["SEED"], config["IMAGE_SCORE"])
     scores, maps = predict(model, loader, device, scoring, execution)
@@ -225,10 +226,9 @@ def evaluate_category(model: MRKD, test_set: TestImages, config: dict[str, Any],
     return values, scores, maps
 
 
-def run_category(config: dict[str, Any], category: str, device: torch.device, results: Path,
-                 checkpoints: Path) -> dict[str, Any]:
+def run_category(config: dict[str, Any], category: str, files: CategoryFiles, device: torch.device,
+                 results: Path, checkpoints: Path) -> dict[str, Any]:
     """Build, train (or load), evaluate after the last epoch, save; returns the table row."""
-    files = category_files(config["DATASET"], config["DATA_DIR"], category)
     for present, kind in ((files.has_anomalies, "anomalous"), (files.has_normals, "normal")):
         if not present:  # AU-ROC needs both kinds: report the category instead of crashing on it
             tqdm.write(f"{category}: skipped, its test set holds no {kind} image to evaluate on.")
@@ -292,8 +292,8 @@ def run(config: dict[str, Any], argv: list[str]) -> list[dict[str, Any]]:
 def run_categories(config: dict[str, Any], results: Path, checkpoints: Path) -> list[dict[str, Any]]:
     """Every category in turn; the table is rewritten after each, so nothing is lost on a crash."""
     categories = config["CATEGORIES"] or DATASET_CATEGORIES[config["DATASET"]]
-    for category in categories:  # check the data of every category before any work
-        category_files(config["DATASET"], config["DATA_DIR"], category)
+    # The data of every category is checked before any work.
+    files = {category: category_files(config["DATASET"], config["DATA_DIR"], category) for category in categories}
     device = pick_device(config["DEVICE"])
     claim_folders(config, results, checkpoints)
     paper = paper_rows(config, categories)
@@ -301,7 +301,7 @@ def run_categories(config: dict[str, Any], results: Path, checkpoints: Path) -> 
           f"results in {results}")
     rows = []
     for category in categories:
-        rows.append(run_category(config, category, device, results, checkpoints))
+        rows.append(run_category(config, category, files[category], device, results, checkpoints))
         tqdm.write(category_line(category, rows[-1]))
         table = write_tables(results, "metrics", rows, paper)
     print("\n" + table)

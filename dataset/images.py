@@ -143,6 +143,10 @@ class TrainImages(Dataset):
         return clean, to_tensor(augmented)
 
 
+# Where ILM's anomalies come from: NSA (Sec. 3.2) or DRD's pasted patches.
+SYNTHESES = ("nsa", "drd")
+
+
 def image_level_mask(image: np.ndarray, category: str, rng: np.random.Generator, alpha: float,
                      synthesis: str = "nsa", nsa_mode: str = "swap") -> np.ndarray:
     """ILM's input x_a, (H, W, 3) uint8: with probability alpha (Table 6) a synthetic anomaly, else the image.

@@ -40,10 +40,7 @@ def pixel_cosine_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.T
 
     Each level is (B, C, H, W); returns a scalar.
     """
-    loss = teacher[0].new_zeros((), dtype=torch.float32)
-    for t, s in zip(teacher, student):
-        loss = loss + (1 - F.cosine_similarity(t.float(), s.float(), dim=1)).mean()
-    return loss
+    return sum(distance.mean() for distance in level_distances(teacher, student))
 
 
 def channel_cosine_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:

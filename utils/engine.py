@@ -131,6 +131,10 @@ def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer,
     return total / max(steps, 1)
 
 
+# The image score: Eq. (6), the map's maximum, or DRD's refined score.
+IMAGE_SCORES = ("max", "refined")
+
+
 @dataclass(frozen=True)
 class Scoring:
     """How the maps and image scores are computed at test time (Sec. 3.4)."""
