@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,8 @@ DATASET = "mvtec"               # "mvtec" (Tables 1-2), "mtd" (Table 3) or "btad
 CATEGORIES = ()                 # categories to run; empty: every category of DATASET
 IMAGE_SIZE = 256                # Sec. 4.1: images resized to 256x256
 # Method
-METHOD = "mrkd"                 # "mrkd" (this paper) or "drd" (DRD, Ge et al. 2025: METHOD_DEFAULTS below)
+METHOD = "mrkd"                 # preset of the constants below: "mrkd" (this paper) or "drd" (METHODS below)
+LOSS = "mrkd"                   # training objective: "mrkd" (Eq. (4)) or "drd" (DRD's three losses)
 BACKBONE = "wide_resnet50_2"    # Sec. 3.2; Table 8 also uses resnet18 and resnet50
 WEIGHTS = "imagenet"            # teacher weights: "imagenet" (IMAGENET1K_V1, as the authors), none, or a .pth path
 ILM = True                      # Table 5: image-level masking (NSA images as the student's input)
@@ -61,7 +65,7 @@ RESULTS_DIR = "results"         # where runs write metrics, predictions and figu
 CHECKPOINT_DIR = "checkpoints"  # where runs write their checkpoints
 RESUME = False                  # continue an interrupted run from its last checkpoint
 EVAL_ONLY = False               # evaluate the run's saved checkpoints, no training
-OVERWRITE = False               # allow a new run to replace an existing run's results
+OVERWRITE = False               # allow a new run to replace an existing run's results and checkpoints
 FIGURES = True                  # draw Fig. 6, 7, 9 and ROC curves per category into results/<run>/figures/
 DEMO = False                    # run on generated demo data with DEMO_CONFIG below
 EXPERIMENT = ""                 # a preset of utils/presets.py: table3 ... table8, fig11, family (every row at once)
@@ -72,9 +76,20 @@ CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isup
 # random teacher weights, so the whole pipeline runs in minutes on a 2-core CPU, offline.
 DEMO_CONFIG = dict(
     DATA_DIR="results/demo_data", DATASET="mvtec", CATEGORIES=("demo_texture", "demo_object"),
-    IMAGE_SIZE=64, BACKBONE="resnet18", WEIGHTS=None, EPOCHS=20, BATCH_SIZE=8, WORKERS=0,
-    RUN_NAME="demo", OVERWRITE=True,
+    IMAGE_SIZE=64, BACKBONE="resnet18", WEIGHTS=None, EPOCHS=20, BATCH_SIZE=8, WORKERS=0, RUN_NAME="demo",
 )
+
+# What each METHOD sets, before the command line's overrides. RD4AD needs no entry: it is
+# MRKD with ILM and FLM off.
+METHODS = {
+    "mrkd": {},
+    # DRD (Ge et al., Neurocomputing 2025), from its public implementation: its loss, cascade
+    # fusion bottleneck, pseudo-anomalies and refined score, no FLM; Adam with weight decay
+    # 1e-5 and batch 4 (learning rate, betas and epochs as MRKD's).
+    "drd": dict(LOSS="drd", BOTTLENECK="mfcf", SYNTHESIS="drd", IMAGE_SCORE="refined", FLM=False, ILM=True,
+                WEIGHT_DECAY=1e-5, BATCH_SIZE=4),
+}
+# ----------------------------------------------------------------------------------------
 
 import numpy as np  # noqa: E402  (after the constants, so they stay at the top of the file)
 import torch  # noqa: E402
@@ -83,114 +98,218 @@ from tqdm import tqdm  # noqa: E402
 
 from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
 from dataset import CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
-from dataset.images import SYNTHESES  # noqa: E402
 from dataset.demo import make_demo_dataset  # noqa: E402
+from dataset.images import SYNTHESES  # noqa: E402
 from dataset.nsa import MODES as NSA_MODES  # noqa: E402
-from model import BOTTLENECKS, MRKD, build_model, drd  # noqa: E402
+from model import BOTTLENECKS, MRKD, OBJECTIVES, build_model  # noqa: E402
+from model.engine import (Diverged, Execution, Scoring, execution_for, level1_features, load_weights,  # noqa: E402
+                          pick_device, predict, read_checkpoint, save_checkpoint, seed_everything, train_epoch)
 from model.teacher import check_backbone  # noqa: E402
 from utils import metrics  # noqa: E402
-from utils.config import apply_overrides  # noqa: E402
-from utils.engine import (IMAGE_SCORES, Diverged, Execution, Objective, Scoring, execution_for,  # noqa: E402
-                          level1_features, load_checkpoint, pick_device, predict, save_checkpoint, seed_everything, train_epoch)
+from utils.config import bundle, check, parse_overrides  # noqa: E402
 from utils.errors import InputError  # noqa: E402
-from utils.figures import (draw_category, figure_features, figure_lambda_sweep, load_predictions,  # noqa: E402
-                           pca_project)
-from utils.presets import PRESETS, Preset, slug, training_key  # noqa: E402
+from utils.figures import draw_category, figure_features, figure_lambda_sweep, load_predictions, pca_project, save_predictions  # noqa: E402,E501
 from utils.paper import PAPER  # noqa: E402
-from utils.report import category_line, with_mean, write_tables  # noqa: E402
-
-# What METHOD changes (before the command line's overrides): DRD's parts and its training
-# constants (model/drd.py, from its public implementation). RD4AD needs no entry: it is
-# MRKD with ILM and FLM off.
-METHOD_DEFAULTS = {
-    "mrkd": {},
-    "drd": dict(BOTTLENECK="mfcf", SYNTHESIS="drd", IMAGE_SCORE="refined", FLM=False, ILM=True, **drd.TRAINING),
-}
+from utils.presets import PRESETS, Preset, slug  # noqa: E402
+from utils.report import category_line, with_mean, write_atomically, write_tables  # noqa: E402
 
 
-def resolve_config(argv: list[str], row: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The constants, then DEMO_CONFIG (with --demo), the METHOD's defaults, the command line,
-    and last an experiment row's constants (so a row always is what its table says)."""
+@dataclass(frozen=True)
+class Training:
+    """What shapes the trained weights: the constants of these (upper-case) names.
+
+    Experiment rows with equal Training share one training, and a resumed run must
+    match its checkpoint's Training (but for EPOCHS).
+    """
+
+    dataset: str
+    image_size: int
+    loss: str
+    backbone: str
+    weights: str | None
+    ilm: bool
+    flm: bool
+    flm_ratio: float
+    alpha: float
+    synthesis: str
+    nsa_mode: str
+    bottleneck: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    betas: tuple[float, ...]
+    weight_decay: float
+    seed: int
+    fast: bool
+
+    def __post_init__(self) -> None:
+        check([
+            (self.dataset in DATASET_CATEGORIES, f"DATASET must be one of {', '.join(DATASET_CATEGORIES)}"),
+            (self.image_size >= 32 and self.image_size % 32 == 0, "IMAGE_SIZE must be a multiple of 32"),
+            (self.loss in OBJECTIVES, f"LOSS must be one of {', '.join(OBJECTIVES)}"),
+            (self.loss != "drd" or self.ilm, "LOSS=drd trains on pseudo-abnormal images: it needs ILM=True"),
+            (0 <= self.flm_ratio < 1, "FLM_RATIO (lambda) must lie in [0, 1)"),
+            (0 <= self.alpha <= 1, "ALPHA must lie in [0, 1]"),
+            (self.synthesis in SYNTHESES, f"SYNTHESIS must be one of {', '.join(SYNTHESES)}"),
+            (self.nsa_mode in NSA_MODES, f"NSA_MODE must be one of {', '.join(NSA_MODES)}"),
+            (self.bottleneck in BOTTLENECKS, f"BOTTLENECK must be one of {', '.join(BOTTLENECKS)}"),
+            (self.epochs >= 1 and self.batch_size >= 1, "EPOCHS and BATCH_SIZE must be at least 1"),
+            (self.learning_rate > 0 and self.weight_decay >= 0,
+             "LEARNING_RATE must be positive and WEIGHT_DECAY at least 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "BETAS must be two numbers in [0, 1)"),
+        ])
+        check_backbone(self.backbone)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where and how a run executes and what it writes: the constants of these names."""
+
+    run_name: str
+    method: str
+    experiment: str
+    demo: bool
+    data_dir: str
+    categories: tuple[str, ...]
+    results_dir: str
+    checkpoint_dir: str
+    device: str
+    workers: int
+    compile: bool
+    checkpoint_every: int
+    eval_every: int
+    resume: bool
+    eval_only: bool
+    overwrite: bool
+    figures: bool
+
+    def __post_init__(self) -> None:
+        check([
+            (self.method in METHODS, f"METHOD must be one of {', '.join(METHODS)}"),
+            (self.experiment in ("", *PRESETS), f"EXPERIMENT must be one of {', '.join(PRESETS)}"),
+            (self.workers >= 0 and self.checkpoint_every >= 1 and self.eval_every >= 0,
+             "WORKERS and EVAL_EVERY must be at least 0, CHECKPOINT_EVERY at least 1"),
+            (re.fullmatch(r"[\w.-]+", self.run_name or "") is not None,
+             "RUN_NAME must be letters, digits, '_', '-' or '.'"),
+        ])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved constants (`constants`, as written to config.json and checkpoints) and their bundles."""
+
+    constants: dict[str, Any]
+    training: Training
+    scoring: Scoring
+    run: Run
+
+
+def resolve(overrides: dict[str, Any], row: dict[str, Any] | None = None) -> Settings:
+    """The constants, then DEMO_CONFIG (with --demo), the METHOD's, the command line's
+    overrides, and last an experiment row's constants (so a row is what its table says)."""
     row = row or {}
-    given = apply_overrides(CONSTANTS, argv)
-    method = row.get("METHOD", given["METHOD"])
-    if method not in METHOD_DEFAULTS:
-        raise InputError(f"METHOD must be one of {', '.join(METHOD_DEFAULTS)}.")
-    base = {**CONSTANTS, **(DEMO_CONFIG if given["DEMO"] else {}), **METHOD_DEFAULTS[method]}
-    config = {**apply_overrides(base, argv), **row}
-    if config["EXPERIMENT"] and config["RUN_NAME"] == CONSTANTS["RUN_NAME"]:
-        config["RUN_NAME"] = config["EXPERIMENT"]
-    check_config(config)
-    return config
+    method = {**CONSTANTS, **overrides, **row}["METHOD"]
+    check([(method in METHODS, f"METHOD must be one of {', '.join(METHODS)}")])
+    demo = DEMO_CONFIG if {**CONSTANTS, **overrides}["DEMO"] else {}
+    constants = {**CONSTANTS, **demo, **METHODS[method], **overrides, **row}
+    if constants["EXPERIMENT"] and "RUN_NAME" not in overrides:
+        constants["RUN_NAME"] = constants["EXPERIMENT"]  # results/<preset>/ unless named
+    return Settings(constants, bundle(Training, constants), bundle(Scoring, constants), bundle(Run, constants))
 
 
-def check_config(config: dict[str, Any]) -> None:
-    """One clear sentence for a constant outside its range."""
-    rules = [
-        (config["EXPERIMENT"] in ("", *PRESETS), f"EXPERIMENT must be one of {', '.join(PRESETS)}"),
-        (config["DATASET"] in DATASET_CATEGORIES, f"DATASET must be one of {', '.join(DATASET_CATEGORIES)}"),
-        (config["IMAGE_SIZE"] >= 32 and config["IMAGE_SIZE"] % 32 == 0, "IMAGE_SIZE must be a multiple of 32"),
-        (0 <= config["FLM_RATIO"] < 1, "FLM_RATIO (lambda) must lie in [0, 1)"),
-        (0 <= config["ALPHA"] <= 1, "ALPHA must lie in [0, 1]"),
-        (config["NSA_MODE"] in NSA_MODES, f"NSA_MODE must be one of {', '.join(NSA_MODES)}"),
-        (config["SYNTHESIS"] in SYNTHESES, f"SYNTHESIS must be one of {', '.join(SYNTHESES)}"),
-        (config["BOTTLENECK"] in BOTTLENECKS, f"BOTTLENECK must be one of {', '.join(BOTTLENECKS)}"),
-        (config["IMAGE_SCORE"] in IMAGE_SCORES, f"IMAGE_SCORE must be one of {', '.join(IMAGE_SCORES)}"),
-        (config["METHOD"] != "drd" or config["ILM"], "METHOD=drd trains on pseudo-abnormal images: it needs ILM=True"),
-        (config["WEIGHT_DECAY"] >= 0, "WEIGHT_DECAY must be at least 0"),
-        (len(config["SCORE_LEVELS"]) > 0 and set(config["SCORE_LEVELS"]) <= {1, 2, 3},
-         "SCORE_LEVELS must be a non-empty subset of 1,2,3"),
-        (config["EPOCHS"] >= 1 and config["BATCH_SIZE"] >= 1, "EPOCHS and BATCH_SIZE must be at least 1"),
-        (config["EVAL_MASKS"] >= 1, "EVAL_MASKS must be at least 1"),
-        (config["WORKERS"] >= 0 and config["CHECKPOINT_EVERY"] >= 1 and config["EVAL_EVERY"] >= 0,
-         "WORKERS and EVAL_EVERY must be at least 0, CHECKPOINT_EVERY at least 1"),
-        (len(config["BETAS"]) == 2 and all(0 <= b < 1 for b in config["BETAS"]), "BETAS must be two numbers in [0, 1)"),
-        (re.fullmatch(r"[\w.-]+", config["RUN_NAME"] or "") is not None,
-         "RUN_NAME must be letters, digits, '_', '-' or '.'"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise InputError(f"{message}.")
-    check_backbone(config["BACKBONE"])
+def claim_folders(run: Run, constants: dict[str, Any], results: Path, checkpoints: Path) -> None:
+    """Create a run's folders, refusing to replace another run's results by accident.
 
-
-def claim_folders(config: dict[str, Any], results: Path, checkpoints: Path) -> None:
-    """Create a run's folders, refusing to replace another run's results by accident."""
-    reusing = config["RESUME"] or config["EVAL_ONLY"] or config["OVERWRITE"]
-    if (results / "config.json").exists() and not reusing:
-        raise InputError(f"A run named {config['RUN_NAME']!r} exists in {results}; choose another --run_name, "
-                         f"or --resume=True, --eval_only=True or --overwrite=True.")
+    A run exists once it has written metrics or checkpoints; --overwrite=True deletes it
+    first, and a demo run may replace an earlier demo run of the same name.
+    """
+    written = [path for path in (*results.glob("*.csv"), *checkpoints.glob("**/*.pt"))]
+    if written and not (run.resume or run.eval_only):
+        earlier = results / "config.json"
+        earlier_demo = earlier.exists() and json.loads(earlier.read_text()).get("DEMO") is True
+        if not (run.overwrite or (run.demo and earlier_demo)):
+            raise InputError(f"A run named {run.run_name!r} exists in {results}; choose another --run_name, "
+                             f"or --resume=True, --eval_only=True or --overwrite=True.")
+        for folder in (results, checkpoints):
+            shutil.rmtree(folder, onerror=_refuse_removal)
     (results / "predictions").mkdir(parents=True, exist_ok=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    (results / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # An evaluation keeps the configuration its checkpoints were trained with.
+    if not (run.eval_only and (results / "config.json").exists()):
+        write_atomically(results / "config.json", json.dumps(constants, indent=2) + "\n")
 
 
-def train_category(model: MRKD, category: str, train_files: list[Path], test_set: TestImages,
-                   config: dict[str, Any], device: torch.device, execution: Execution, checkpoint: Path) -> None:
-    """Adam over theta_B, theta_S, theta_G for EPOCHS epochs (Algorithm 1), resumable."""
-    seed = config["SEED"]
-    train_set = TrainImages(train_files, category, config["IMAGE_SIZE"], alpha=config["ALPHA"],
-                            nsa_mode=config["NSA_MODE"], seed=seed, augment=config["ILM"],
-                            synthesis=config["SYNTHESIS"])
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["LEARNING_RATE"], betas=config["BETAS"],
-                                 weight_decay=config["WEIGHT_DECAY"])
-    objective = Objective(config["METHOD"], config["ILM"])
+def _refuse_removal(function: Callable, path: str, error: Any) -> None:
+    raise InputError(f"Cannot remove {path} to overwrite the run ({error[1]}); "
+                     f"make it writable or choose another --run_name.")
+
+
+def load_trained(model: MRKD, path: Path, training: Training, ignore: tuple[str, ...], what: str,
+                 device: torch.device) -> dict[str, Any]:
+    """Load a checkpoint's weights into the model, refusing settings it was not trained with
+    (but those in `ignore`); returns the checkpoint."""
+    state = read_checkpoint(path, device)
+    before = state.get("config", {})
+    differences = [f"{name.upper()} {before.get(name.upper(), 'unset')!r} -> {value!r}"
+                   for name, value in asdict(training).items()
+                   if name not in ignore and before.get(name.upper(), "unset") != value]
+    if differences:
+        raise InputError(f"Cannot {what} {path}: it was trained with other settings ({'; '.join(differences)}); "
+                         f"use the settings it was trained with, or another --run_name.")
+    load_weights(model, state, path)
+    return state
+
+
+def build(training: Training, device: torch.device, compile: bool) -> tuple[MRKD, Execution]:
+    """The model of the Training settings on the device, and how it runs (faithful or fast)."""
+    model = build_model(training.backbone, training.weights, training.flm_ratio, training.flm,
+                        training.bottleneck).to(device)
+    execution = execution_for(device, training.fast)
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        for part in (model.teacher, model.bottleneck, model.student, *model.generators):
+            part.compile()  # each part, since training and evaluation call them separately
+    return model, execution
+
+
+def train_category(model: MRKD, category: str, train_files: list[Path], training: Training, run: Run,
+                   device: torch.device, execution: Execution, checkpoint: Path,
+                   diagnostic: Callable[[], dict[str, float]]) -> None:
+    """Adam over theta_B, theta_S, theta_G for EPOCHS epochs (Algorithm 1), resumable.
+
+    The optimiser state is kept in the checkpoint only while the category trains: after
+    the last epoch the checkpoint holds the weights alone.
+    """
+    train_set = TrainImages(train_files, category, training.image_size, alpha=training.alpha,
+                            nsa_mode=training.nsa_mode, seed=training.seed, augment=training.ilm,
+                            synthesis=training.synthesis)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=training.learning_rate, betas=training.betas,
+                                 weight_decay=training.weight_decay)
     start = 0
-    if config["RESUME"] and checkpoint.exists():
-        start = load_checkpoint(checkpoint, model, optimizer, device)["epoch"]
+    if run.resume and checkpoint.exists():
+        state = load_trained(model, checkpoint, training, ("epochs",), "resume from", device)
+        start = state["epoch"]
+        if start < training.epochs:
+            if "optimizer" not in state:
+                raise InputError(f"{checkpoint} holds a finished training ({start} epochs) without its optimiser "
+                                 f"state; train a new run to go on to {training.epochs} epochs.")
+            optimizer.load_state_dict(state["optimizer"])
         tqdm.write(f"{category}: resuming after epoch {start}")
-    epochs = config["EPOCHS"]
-    if start >= epochs:
+    if start >= training.epochs:
         return
-    loader = DataLoader(train_set, batch_size=config["BATCH_SIZE"], sampler=EpochSampler(len(train_set), seed, start),
-                        num_workers=config["WORKERS"], persistent_workers=config["WORKERS"] > 0,
-                        pin_memory=device.type == "cuda", worker_init_fn=seed_worker)
-    bar = tqdm(total=(epochs - start) * len(loader), desc=f"{category} training", unit="step", dynamic_ncols=True)
-    for epoch in range(start, epochs):
+    loader = DataLoader(train_set, batch_size=training.batch_size,
+                        sampler=EpochSampler(len(train_set), training.seed, start), num_workers=run.workers,
+                        persistent_workers=run.workers > 0, pin_memory=device.type == "cuda",
+                        worker_init_fn=seed_worker)
+    objective = OBJECTIVES[training.loss]
+    bar = tqdm(total=(training.epochs - start) * len(loader), desc=f"{category} training", unit="step",
+               dynamic_ncols=True)
+    for epoch in range(start, training.epochs):
         started = time.perf_counter()
         # Each epoch's random draws (FLM masks, DRD's feature noise) come from their own seed,
         # so a resumed run repeats them.
-        epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+        epoch_seed = int(np.random.SeedSequence([training.seed, epoch]).generate_state(1)[0])
         torch.manual_seed(epoch_seed)
         mask_generator = torch.Generator().manual_seed(epoch_seed)
         try:
@@ -200,141 +319,111 @@ def train_category(model: MRKD, category: str, train_files: list[Path], test_set
             bar.close()
             kept = f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else "no checkpoint was saved yet"
             raise Diverged(f"{category}: training stopped in epoch {epoch + 1}: {error}; {kept}.") from None
-        tqdm.write(f"{category} epoch {epoch + 1}/{epochs} loss {loss:.4f} ({time.perf_counter() - started:.1f} s)")
-        if (epoch + 1) % config["CHECKPOINT_EVERY"] == 0 or epoch + 1 == epochs:
-            save_checkpoint(checkpoint, model, optimizer, epoch + 1, config)
-        if config["EVAL_EVERY"] and (epoch + 1) % config["EVAL_EVERY"] == 0 and epoch + 1 < epochs:
-            diagnostic = evaluate_category(model, test_set, config, device, execution)[0]
-            tqdm.write(f"  diagnostic only, never used to pick a result: {category_line(category, diagnostic)}")
+        tqdm.write(f"{category} epoch {epoch + 1}/{training.epochs} loss {loss:.4f} "
+                   f"({time.perf_counter() - started:.1f} s)")
+        last = epoch + 1 == training.epochs
+        if (epoch + 1) % run.checkpoint_every == 0 or last:
+            save_checkpoint(checkpoint, model, None if last else optimizer, epoch + 1,
+                            {name.upper(): value for name, value in asdict(training).items()})
+        if run.eval_every and (epoch + 1) % run.eval_every == 0 and not last:
+            tqdm.write(f"  diagnostic only, never used to pick a result: {category_line(category, diagnostic())}")
     bar.close()
 
 
-def evaluate_category(model: MRKD, test_set: TestImages, config: dict[str, Any], device: torch.device,
-                      execution: Execution) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def evaluate_category(model: MRKD, test_set: TestImages, scoring: Scoring, batch_size: int,
+                      device: torch.device, execution: Execution) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
     # The test images are preloaded: worker processes would only add their start-up time.
-    loader = DataLoader(test_set, batch_size=config["BATCH_SIZE"], shuffle=False, pin_memory=device.type == "cuda")
-    scoring = Scoring(config["IMAGE_SIZE"], config["SCORE_LEVELS"], config["SIGMA"], config["EVAL_MASKS"],
-                      config["SEED"], config["IMAGE_SCORE"])
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     scores, maps = predict(model, loader, device, scoring, execution)
-    values = {
-        "image_auroc": metrics.image_auroc(test_set.labels, scores),
-        "pixel_auroc": metrics.pixel_auroc(test_set.masks, maps),
-        "aupro": metrics.aupro(test_set.masks, maps),
-        "aupro_per_image": metrics.aupro_per_image(test_set.masks, maps),
-    }
-    return values, scores, maps
+    return metrics.evaluate(test_set.labels, scores, test_set.masks, maps), scores, maps
 
 
-def run_category(config: dict[str, Any], category: str, files: CategoryFiles, device: torch.device,
-                 results: Path, checkpoints: Path) -> dict[str, Any]:
-    """Build, train (or load), evaluate after the last epoch, save; returns the table row."""
+def run_category(settings: Settings, category: str, files: CategoryFiles, device: torch.device, results: Path,
+                 checkpoints: Path) -> dict[str, Any]:
+    """Build, train (or load), evaluate after the last epoch, save predictions; returns the table row."""
+    training, run = settings.training, settings.run
     for present, kind in ((files.has_anomalies, "anomalous"), (files.has_normals, "normal")):
         if not present:  # AU-ROC needs both kinds: report the category instead of crashing on it
             tqdm.write(f"{category}: skipped, its test set holds no {kind} image to evaluate on.")
             return {"category": category, "status": f"no {kind} test image"}
-    seed_everything(config["SEED"])  # a fresh seed per category: results do not depend on the loop order
-    model = build_model(config["BACKBONE"], config["WEIGHTS"], config["FLM_RATIO"], config["FLM"],
-                        config["BOTTLENECK"]).to(device)
-    execution = execution_for(device, config["FAST"])
-    if execution.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if config["COMPILE"]:
-        for part in (model.teacher, model.bottleneck, model.student, *model.generators):
-            part.compile()  # each part, since training and evaluation call them separately
+    seed_everything(training.seed)  # a fresh seed per category: results do not depend on the loop order
+    model, execution = build(training, device, run.compile)
     checkpoint = checkpoints / f"{category}.pt"
-    test_set = TestImages(files.test, config["IMAGE_SIZE"])
-    if config["EVAL_ONLY"]:
-        load_checkpoint(checkpoint, model, None, device)
+    test_set = TestImages(files.test, training.image_size)
+
+    def evaluate() -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        return evaluate_category(model, test_set, settings.scoring, training.batch_size, device, execution)
+
+    if run.eval_only:
+        load_trained(model, checkpoint, training, ("epochs", "fast"), "evaluate", device)
     else:
         try:
-            train_category(model, category, files.train, test_set, config, device, execution, checkpoint)
+            train_category(model, category, files.train, training, run, device, execution, checkpoint,
+                           diagnostic=lambda: evaluate()[0])
         except Diverged as error:
             tqdm.write(str(error))
             return {"category": category, "status": "diverged"}
-    values, scores, maps = evaluate_category(model, test_set, config, device, execution)
-    save_predictions(results / "predictions" / f"{category}.npz", category, model, test_set, scores, maps,
-                     values, config, device)
-    if config["FIGURES"]:
-        draw_category(results / "predictions" / f"{category}.npz", results / "figures")
-    return {"category": category, **values, "status": "ok"}
-
-
-def save_predictions(path: Path, category: str, model: MRKD, test_set: TestImages, scores: np.ndarray,
-                     maps: np.ndarray, values: dict[str, float], config: dict[str, Any], device: torch.device) -> None:
-    """What the figures need, so they can be redrawn without retraining: scores, ROC, a few examples."""
+    values, scores, maps = evaluate()
     anomalous = np.flatnonzero(test_set.labels == 1)
     examples = anomalous[np.linspace(0, len(anomalous) - 1, min(4, len(anomalous))).round().astype(int)]
     images = torch.stack([test_set[i][0] for i in examples])
-    feature_input, feature_restored = pca_project(*level1_features(model, images, device, config["SEED"]))
-    pixel_fpr, pixel_tpr = metrics.roc_curve(test_set.masks.ravel(), maps.ravel())
-    np.savez_compressed(
-        path, category=category, scores=scores, labels=test_set.labels,
-        defects=np.array([sample.defect for sample in test_set.samples]),
-        metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
-        pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=examples,
-        example_images=test_set.images[examples], example_masks=test_set.masks[examples],
-        example_maps=maps[examples], feature_input=feature_input, feature_restored=feature_restored,
-    )
+    features = pca_project(*level1_features(model, images, device, settings.scoring.seed))
+    save_predictions(results / "predictions" / f"{category}.npz", category, scores, test_set.labels,
+                     [sample.defect for sample in test_set.samples], values, test_set.masks, maps,
+                     test_set.images, examples, *features)
+    return {"category": category, **values, "status": "ok"}
 
 
-def run(config: dict[str, Any], argv: list[str]) -> list[dict[str, Any]]:
-    """The main job: every category, or with EXPERIMENT every row of a preset."""
-    if config["DEMO"]:
-        make_demo_dataset(Path(config["DATA_DIR"]))
-    results = Path(config["RESULTS_DIR"]) / config["RUN_NAME"]
-    checkpoints = Path(config["CHECKPOINT_DIR"]) / config["RUN_NAME"]
-    if config["EXPERIMENT"]:
-        return run_experiment(config, argv, results, checkpoints)
-    return run_categories(config, results, checkpoints)
-
-
-def run_categories(config: dict[str, Any], results: Path, checkpoints: Path) -> list[dict[str, Any]]:
+def run_categories(settings: Settings, results: Path, checkpoints: Path) -> list[dict[str, Any]]:
     """Every category in turn; the table is rewritten after each, so nothing is lost on a crash."""
-    categories = config["CATEGORIES"] or DATASET_CATEGORIES[config["DATASET"]]
+    run = settings.run
+    categories = run.categories or DATASET_CATEGORIES[settings.training.dataset]
     # The data of every category is checked before any work.
-    files = {category: category_files(config["DATASET"], config["DATA_DIR"], category) for category in categories}
-    device = pick_device(config["DEVICE"])
-    claim_folders(config, results, checkpoints)
-    paper = paper_rows(config, categories)
-    print(f"Run {config['RUN_NAME']!r} ({config['METHOD']}) on {device}: {len(categories)} categories, "
-          f"results in {results}")
+    files = {category: category_files(settings.training.dataset, run.data_dir, category) for category in categories}
+    device = pick_device(run.device)
+    claim_folders(run, settings.constants, results, checkpoints)
+    paper = paper_rows(run.method, settings.training, categories)
+    print(f"Run {run.run_name!r} ({run.method}) on {device}: {len(categories)} categories; results and figures "
+          f"in {results}, checkpoints in {checkpoints}")
     rows = []
     for category in categories:
-        rows.append(run_category(config, category, files[category], device, results, checkpoints))
+        rows.append(run_category(settings, category, files[category], device, results, checkpoints))
         tqdm.write(category_line(category, rows[-1]))
         table = write_tables(results, "metrics", rows, paper)
+        if run.figures and rows[-1]["status"] == "ok":
+            draw_category(results / "predictions" / f"{category}.npz", results / "figures")
     print("\n" + table)
     return rows
 
 
-def run_experiment(config: dict[str, Any], argv: list[str], results: Path, checkpoints: Path) -> list[dict[str, Any]]:
-    """Each row of a preset as a run of its own in results/<run>/<row>/, then the preset's table.
+def run_experiment(name: str, rows: list[Settings], results: Path, checkpoints: Path) -> list[dict[str, Any]]:
+    """Each row of a preset (its settings in `rows`) as a run of its own in results/<row>/, then
+    the preset's table.
 
-    Rows that differ only in evaluation constants (Table 7) evaluate the checkpoints of
-    the first row trained like them instead of training again.
+    Rows with equal Training evaluate the checkpoints of the first row trained like them
+    instead of training again (Table 7).
     """
-    preset = PRESETS[config["EXPERIMENT"]]
-    trained: dict[tuple, str] = {}  # training key -> the folder holding its checkpoints
-    rows = []
-    for row in preset.rows:
-        row_config = resolve_config(argv, {**row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)})
-        key = training_key(row)
-        if key in trained:
-            row_config["EVAL_ONLY"] = True
-        folder = trained.setdefault(key, slug(row.label))
-        print(f"\n{preset.title}: {row.label}")
-        categories = run_categories(row_config, results / slug(row.label), checkpoints / folder)
+    preset = PRESETS[name]
+    trained: dict[Training, Path] = {}  # -> the folder holding its checkpoints
+    table_rows = []
+    for row, settings in zip(preset.rows, rows):
+        label = row.label
+        if settings.training in trained:
+            settings = replace(settings, run=replace(settings.run, eval_only=True, resume=False))
+        folder = trained.setdefault(settings.training, checkpoints / slug(label))
+        print(f"\n{preset.title}: {label}")
+        categories = run_categories(settings, results / slug(label), folder)
         failed = any(category["status"] == "diverged" for category in categories)
-        rows.append({**with_mean(categories)[-1], "category": row.label, "status": "diverged" if failed else "ok"})
+        table_rows.append({**with_mean(categories)[-1], "category": label, "status": "diverged" if failed else "ok"})
     reported = any(value is not None for row in preset.rows for value in row.paper)
     paper = {row.label: row.paper for row in preset.rows} if reported else None
     note = (f"{preset.title}. Ours: the mean over the categories run, each evaluated once after the last "
             f"epoch; paper: the MVTec AD mean it reports, AU-PRO as the authors compute it (compare with "
             f"aupro_per_image).")
-    print("\n" + write_tables(results, config["EXPERIMENT"], rows, paper, note, mean=False))
-    draw_experiment(preset, rows, results)
-    return rows
+    print("\n" + write_tables(results, name, table_rows, paper, note, mean=False))
+    draw_experiment(preset, table_rows, results)
+    return table_rows
 
 
 def draw_experiment(preset: Preset, rows: list[dict[str, Any]], results: Path) -> None:
@@ -350,22 +439,38 @@ def draw_experiment(preset: Preset, rows: list[dict[str, Any]], results: Path) -
                             results / "figures" / f"{preset.sweep.lower()}_sweep.png")
 
 
-def paper_rows(config: dict[str, Any], categories: tuple[str, ...]) -> dict[str, tuple] | None:
+def paper_rows(method: str, training: Training, categories: tuple[str, ...]) -> dict[str, tuple] | None:
     """The reported numbers of the method run (RD4AD when ILM and FLM are off) for the categories
     run; the paper's mean only when every category of the dataset was run."""
-    method = config["METHOD"] if config["ILM"] or config["FLM"] else "rd4ad"
-    paper = PAPER.get((method, config["DATASET"]), {})
+    method = method if training.ilm or training.flm else "rd4ad"
+    paper = PAPER.get((method, training.dataset), {})
     rows = {name: paper[name] for name in categories if name in paper}
-    if "mean" in paper and set(DATASET_CATEGORIES[config["DATASET"]]) <= set(categories):
+    if "mean" in paper and set(DATASET_CATEGORIES[training.dataset]) <= set(categories):
         rows["mean"] = paper["mean"]
     return rows or None
 
 
 def usage() -> str:
-    """The module docstring and the constants block of this file, as the help text."""
+    """The module docstring and the constants block of this file (with --demo's and each
+    METHOD's settings), as the help text."""
     source = Path(__file__).read_text()
-    block = source[source.index("# ---- constants"):source.index("CONSTANTS = ")]
-    return __doc__ + "\n" + block
+    block = source[source.index("# ---- constants"):source.index("import numpy")]
+    return __doc__ + "\n" + block.rstrip() + "\n"
+
+
+def run(overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """The main job: every category, or with EXPERIMENT every row of a preset."""
+    settings = resolve(overrides)
+    run = settings.run
+    if run.demo:
+        make_demo_dataset(Path(run.data_dir))
+    results = Path(run.results_dir) / run.run_name
+    checkpoints = Path(run.checkpoint_dir) / run.run_name
+    if not run.experiment:
+        return run_categories(settings, results, checkpoints)
+    rows = [resolve(overrides, {**row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)})
+            for row in PRESETS[run.experiment].rows]
+    return run_experiment(run.experiment, rows, results, checkpoints)
 
 
 def main(argv: list[str]) -> int:
@@ -373,9 +478,13 @@ def main(argv: list[str]) -> int:
         print(usage())
         return 0
     try:
-        rows = run(resolve_config(argv), argv)
+        rows = run(parse_overrides(CONSTANTS, argv))
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a folder that cannot be written: read-only, full, a file in its place
+        print(f"error: cannot write {error.filename or 'a file'} ({error.strerror or error}); "
+              f"check --results_dir and --checkpoint_dir.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted; rerun with --resume=True to continue from the last checkpoint", file=sys.stderr)

@@ -102,7 +102,7 @@ class TrainImages(Dataset):
     The clean image is the teacher's target; the augmented one is image-level
     masking (ILM, see image_level_mask), applied to the resized uint8 image (NSA
     runs at the training resolution, as the authors do). With augment=False (ILM
-    off) the pair is (clean, clean) and no synthesis work is done.
+    off) an item is (clean,) and no synthesis work is done.
     Index it with EpochSampler keys: item key `epoch * len(self) + index` uses
     the generator np.random.default_rng([seed, epoch, index]).
     """
@@ -137,7 +137,7 @@ class TrainImages(Dataset):
         image = self.images[index]
         clean = to_tensor(image)
         if not self.augment:
-            return clean, clean
+            return (clean,)
         rng = np.random.default_rng([self.seed, epoch, index])
         augmented = image_level_mask(image, self.category, rng, self.alpha, self.synthesis, self.nsa_mode)
         return clean, to_tensor(augmented)

@@ -4,12 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model import drd
 from model.bottleneck import CascadeFusionBottleneck, OneClassBottleneck
 from model.generator import Generator
+from model.loss import distillation_loss
 from model.student import ReversedStudent
 from model.teacher import BACKBONES, Teacher
 
-__all__ = ["BACKBONES", "BOTTLENECKS", "MRKD", "build_model"]
+__all__ = ["BACKBONES", "BOTTLENECKS", "MRKD", "OBJECTIVES", "build_model", "mrkd_objective"]
 
 # "ocbe": RD4AD's one-class bottleneck embedding, MRKD's (Sec. 4.1); "mfcf": DRD's cascade fusion.
 BOTTLENECKS = {"ocbe": OneClassBottleneck, "mfcf": CascadeFusionBottleneck}
@@ -23,10 +25,8 @@ class MRKD(nn.Module):
     when FLM is off, in which case the student's output is compared directly.
     """
 
-    def __init__(self, teacher: Teacher, flm: bool = True, flm_ratio: float = 0.2, bottleneck: str = "ocbe"):
+    def __init__(self, teacher: Teacher, flm: bool, flm_ratio: float, bottleneck: str):
         super().__init__()
-        if not 0 <= flm_ratio < 1:
-            raise ValueError(f"flm_ratio (lambda) must lie in [0, 1), got {flm_ratio}.")
         self.teacher = teacher
         self.bottleneck = BOTTLENECKS[bottleneck](teacher.block, teacher.channels, teacher.width_per_group)
         self.student = ReversedStudent(teacher.block, self.bottleneck.out_channels, teacher.width_per_group)
@@ -47,14 +47,21 @@ class MRKD(nn.Module):
         mask_generator draws the FLM masks (None: the global RNG).
         Returns (f_T [3 x (B, C_l, H_l, W_l)], f_G [same shapes]), finest level first.
         """
-        target, student = self.distill(images, augmented)
-        return target, self.restore(student, mask_generator)
-
-    def distill(self, images: torch.Tensor, augmented: torch.Tensor | None = None
-                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher targets f_T,n and student features f_S = S(B(T(x_a))), Eq. (1)."""
         target, inputs = self.teacher_pair(images, augmented)
-        return target, self.student(self.bottleneck(inputs))
+        return target, self.decode(inputs, mask_generator)
+
+    def decode(self, features: list[torch.Tensor], mask_generator: torch.Generator | None = None
+               ) -> list[torch.Tensor]:
+        """Teacher features f_T -> restored features f_G = G(S(B(f_T)) * M), Eq. (1)-(3)."""
+        return self.restore(self.student(self.bottleneck(features)), mask_generator)
+
+    def distill(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher features f_T and student features f_S = S(B(f_T)) of clean images, Eq. (1).
+
+        Test time: f_S is then restored once per FLM mask (restore).
+        """
+        target = self.teacher(images)
+        return target, self.student(self.bottleneck(target))
 
     def teacher_pair(self, images: torch.Tensor, augmented: torch.Tensor | None = None
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -81,8 +88,15 @@ class MRKD(nn.Module):
         return [g(f, self.flm_ratio, mask_generator) for g, f in zip(self.generators, student)]
 
 
-def build_model(backbone: str = "wide_resnet50_2", weights: str | None = "imagenet",
-                flm_ratio: float = 0.2, flm: bool = True, bottleneck: str = "ocbe") -> MRKD:
+def mrkd_objective(model: MRKD, clean: torch.Tensor, augmented: torch.Tensor | None,
+                   mask_generator: torch.Generator | None) -> torch.Tensor:
+    """MRKD's training loss, Eq. (4): the student restores the clean image's teacher features
+    from the ILM input (augmented None: from the clean image itself, as RD4AD)."""
+    target, restored = model(clean, augmented, mask_generator)
+    return distillation_loss(target, restored)
+
+
+def build_model(backbone: str, weights: str | None, flm_ratio: float, flm: bool, bottleneck: str) -> MRKD:
     """MRKD on a torchvision backbone (Table 8: resnet18, resnet50, wide_resnet50_2).
 
     weights: "imagenet" (torchvision's IMAGENET1K_V1, the paper's), None (random
@@ -90,3 +104,7 @@ def build_model(backbone: str = "wide_resnet50_2", weights: str | None = "imagen
     "ocbe" (MRKD's) or "mfcf" (DRD's).
     """
     return MRKD(Teacher(backbone, weights), flm=flm, flm_ratio=flm_ratio, bottleneck=bottleneck)
+
+
+# The training objective of each method's loss (LOSS in main.py): MRKD's Eq. (4) or DRD's three losses.
+OBJECTIVES = {"mrkd": mrkd_objective, "drd": drd.drd_objective}

@@ -9,20 +9,21 @@ finest level first: [level 1 (H/4), level 2 (H/8), level 3 (H/16)].
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from model.loss import level_distances, upsample_levels
 
+if TYPE_CHECKING:
+    from model import MRKD
+
 # Std of the Gaussian noise added to the pseudo-abnormal image's teacher features
 # before the bottleneck (DRD's public implementation).
 NOISE_STD = 0.1
 # Weight of the segmentation loss in the sum of the three losses (DRD's public implementation).
 SEGMENTATION_WEIGHT = 0.1
-# DRD's optimiser and batch, as main.py's constants (DRD's public implementation: Adam,
-# learning rate 0.005, betas (0.5, 0.999), 200 epochs like MRKD; these two differ).
-TRAINING = {"WEIGHT_DECAY": 1e-5, "BATCH_SIZE": 4}
 
 
 def add_noise(features: Sequence[torch.Tensor], std: float,
@@ -93,16 +94,27 @@ def drd_loss(teacher_normal: Sequence[torch.Tensor], student_normal: Sequence[to
             + segmentation_loss(teacher_pseudo_noisy, student_pseudo, pseudo_images, normal_images))
 
 
-def refined_image_score(level_maps: Sequence[torch.Tensor], upsampled: torch.Tensor,
-                        smoothed: torch.Tensor) -> torch.Tensor:
+def drd_objective(model: MRKD, clean: torch.Tensor, pseudo: torch.Tensor,
+                  mask_generator: torch.Generator | None) -> torch.Tensor:
+    """DRD's training step: the normal and the pseudo-abnormal image both go through
+    bottleneck and student, the pseudo-abnormal teacher features with Gaussian noise;
+    returns drd_loss."""
+    target, pseudo_features = model.teacher_pair(clean, pseudo)
+    pseudo_features = add_noise(pseudo_features, NOISE_STD)
+    restored = model.decode(target, mask_generator)
+    restored_pseudo = model.decode(pseudo_features, mask_generator)
+    return drd_loss(target, restored, pseudo_features, restored_pseudo, clean, pseudo)
+
+
+def refined_image_score(level_maps: Sequence[torch.Tensor], smoothed: torch.Tensor) -> torch.Tensor:
     """DRD's refined image score: (1 + v) x max of the smoothed map, (B,).
 
     level_maps: L maps (B, h_l, w_l) of 1 - cosine at each level's own resolution.
-    upsampled: (B, L, S, S), the same maps upsampled to the image size.
     smoothed: (B, S, S), the smoothed fused pixel map.
-    v is, per image, the maximum (at its own resolution) of the level whose
-    upsampled map has the smallest variance; ties go to the finer level.
+    v is, per image, the maximum (at its own resolution) of the level whose map,
+    upsampled to S x S, has the smallest variance; ties go to the finer level.
     """
+    upsampled = upsample_levels(level_maps, smoothed.shape[-1])             # (B, L, S, S)
     # Every level has S x S pixels, so population and unbiased variance pick the same level.
     variance = upsampled.flatten(2).var(dim=2, correction=0)                # (B, L)
     level_max = torch.stack([m.flatten(1).amax(dim=1) for m in level_maps], dim=1)  # (B, L)

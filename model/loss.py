@@ -41,10 +41,10 @@ def upsample_levels(distances: Sequence[torch.Tensor], size: int) -> torch.Tenso
                       for d in distances], dim=1)
 
 
-def anomaly_map(teacher: Sequence[torch.Tensor], restored: Sequence[torch.Tensor], size: int,
-                levels: Sequence[int] = ALL_LEVELS) -> torch.Tensor:
-    """Anomaly score map S_AL before smoothing, Eq. (5): the upsampled level distances summed, (B, S, S)."""
-    return upsample_levels(level_distances(teacher, restored, levels), size).sum(dim=1)
+def anomaly_map(distances: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """Anomaly score map S_AL before smoothing, Eq. (5): the level distances [(B, h_l, w_l)]
+    (level_distances) upsampled by Phi and summed, (B, S, S)."""
+    return upsample_levels(distances, size).sum(dim=1)
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -63,7 +63,7 @@ def symmetric_index(length: int, radius: int) -> torch.Tensor:
     return torch.where(index < length, index, period - 1 - index)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian filter on the maps' device: (B, H, W) -> (B, H, W).
 
     Equals scipy.ndimage.gaussian_filter(map, sigma) per image (mode 'reflect',

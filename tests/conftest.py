@@ -1,10 +1,14 @@
 """Shared fixtures: the demo data, generated once per session, and main.py arguments for tiny runs."""
 import pytest
 
+from dataset.demo import make_demo_dataset
+
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo_data")
+    folder = tmp_path_factory.mktemp("demo_data")
+    make_demo_dataset(folder)
+    return folder
 
 
 @pytest.fixture
@@ -17,4 +21,13 @@ def demo_args(tmp_path, demo_dir):
         return ["--demo", f"--data_dir={demo_dir}", f"--results_dir={tmp_path}/results",
                 f"--checkpoint_dir={tmp_path}/checkpoints", "--image_size=32", "--epochs=1",
                 "--categories=demo_texture", "--figures=False", *extra]
+    return build
+
+
+@pytest.fixture
+def plain_args(demo_args):
+    """The tiny demo run's settings spelled out, without --demo (a run of the user's own)."""
+    def build(*extra):
+        return demo_args("--demo=False", "--backbone=resnet18", "--weights=none", "--batch_size=8", "--workers=0",
+                         "--run_name=plain", *extra)
     return build

@@ -248,12 +248,13 @@ def test_train_pairs(train_files):
     assert not torch.equal(other_seed[1], augmented)
 
 
-@pytest.mark.parametrize("options", [{"alpha": 0.0}, {"augment": False}])
-def test_train_pairs_without_augmentation(train_files, options):
-    dataset = TrainImages(train_files, "carpet", 64, **options)
-    for key in range(2 * len(dataset)):
-        clean, augmented = dataset[key]
+def test_train_items_without_augmentation(train_files):
+    unchanged = TrainImages(train_files, "carpet", 64, alpha=0.0)  # ILM on, but no image given an anomaly
+    clean_only = TrainImages(train_files, "carpet", 64, augment=False)  # ILM off: the student sees the clean image
+    for key in range(2 * len(unchanged)):
+        clean, augmented = unchanged[key]
         assert torch.equal(clean, augmented)
+        assert len(clean_only[key]) == 1 and torch.equal(clean_only[key][0], clean)
 
 
 def test_note_for_category_without_constants_printed_once(train_files, capsys):

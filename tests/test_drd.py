@@ -122,23 +122,18 @@ def test_add_noise_has_the_given_std_and_follows_the_generator():
 
 def test_refined_image_score_picks_the_least_varying_upsampled_level_per_image():
     size = 8
+    generator = torch.Generator().manual_seed(0)
+    # Image 0: level 2 is constant (0.3), so its upsampled map varies least; image 1: level 1 (0.1).
+    level1 = torch.stack([torch.rand(4, 4, generator=generator), torch.full((4, 4), 0.1)])
+    level2 = torch.stack([torch.full((2, 2), 0.3), torch.rand(2, 2, generator=generator)])
+    level3 = torch.rand(2, 2, 2, generator=generator) + 0.5
     ramp = torch.linspace(0, 1, size * size).view(size, size)
-    # Image 0: level 2's upsampled map is constant; level 1 is constant only at its
-    # own resolution, so a variance taken there would pick level 1 instead.
-    # Image 1: level 1's upsampled map is constant.
-    upsampled = torch.stack([
-        torch.stack([ramp, torch.full((size, size), 0.3), 2 * ramp]),
-        torch.stack([torch.full((size, size), 0.1), ramp, 3 * ramp]),
-    ])                                                                     # (2, 3, 8, 8)
-    level_maps = [torch.stack([torch.full((4, 4), 0.9), torch.tensor([[0.0, 0.5], [0.1, 0.2]]).repeat(2, 2)]),
-                  torch.tensor([[[0.3, 0.25], [0.2, 0.1]], [[0.7, 0.0], [0.0, 0.0]]]),
-                  torch.tensor([[[0.8]], [[0.6]]])]
     smoothed = torch.stack([ramp * 2, ramp * 5])                           # maxima 2 and 5
-    expected = torch.tensor([(1 + 0.3) * 2, (1 + 0.5) * 5])
-    scores = refined_image_score(level_maps, upsampled, smoothed)
-    torch.testing.assert_close(scores, expected)
+    expected = torch.tensor([(1 + 0.3) * 2, (1 + 0.1) * 5])
+    level_maps = [level1, level2, level3]
+    torch.testing.assert_close(refined_image_score(level_maps, smoothed), expected)
     for i in range(2):
-        single = refined_image_score([m[i:i + 1] for m in level_maps], upsampled[i:i + 1], smoothed[i:i + 1])
+        single = refined_image_score([m[i:i + 1] for m in level_maps], smoothed[i:i + 1])
         torch.testing.assert_close(single, expected[i:i + 1])
 
 

@@ -1,64 +1,80 @@
 """DRD as a second method, its parts as switches, and the family preset on the demo data."""
-import csv
-
+import numpy as np
 import pytest
 import torch
 
 import main
-from model import build_model
-from utils.engine import Objective
+from model.drd import drd_objective
+from tests.helpers import model_for, read_rows
 
 
 def test_method_drd_brings_drds_parts_and_training_constants():
-    config = main.resolve_config(["--method=drd"])
-    assert (config["BOTTLENECK"], config["SYNTHESIS"], config["IMAGE_SCORE"]) == ("mfcf", "drd", "refined")
-    assert (config["FLM"], config["BATCH_SIZE"], config["WEIGHT_DECAY"], config["LEARNING_RATE"]) == (False, 4, 1e-5, 0.005)
-    # The command line still wins over the method's defaults.
-    assert main.resolve_config(["--method=drd", "--image_score=max"])["IMAGE_SCORE"] == "max"
+    drd = main.resolve({"METHOD": "drd"})
+    assert (drd.training.loss, drd.training.bottleneck, drd.training.synthesis, drd.scoring.image_score) == \
+        ("drd", "mfcf", "drd", "refined")
+    assert (drd.training.flm, drd.training.batch_size, drd.training.weight_decay, drd.training.learning_rate) == \
+        (False, 4, 1e-5, 0.005)
     # MRKD's defaults are untouched by DRD's existence.
-    mrkd = main.resolve_config([])
-    assert (mrkd["BOTTLENECK"], mrkd["SYNTHESIS"], mrkd["IMAGE_SCORE"], mrkd["WEIGHT_DECAY"]) == ("ocbe", "nsa", "max", 0.0)
+    mrkd = main.resolve({})
+    assert (mrkd.training.loss, mrkd.training.bottleneck, mrkd.training.synthesis, mrkd.scoring.image_score,
+            mrkd.training.weight_decay) == ("mrkd", "ocbe", "nsa", "max", 0.0)
 
 
 def test_drd_without_pseudo_anomalies_is_a_clear_error(capsys):
     assert main.main(["--method=drd", "--ilm=False"]) == 1
-    assert "METHOD=drd trains on pseudo-abnormal images: it needs ILM=True." in capsys.readouterr().err
+    assert "LOSS=drd trains on pseudo-abnormal images: it needs ILM=True." in capsys.readouterr().err
 
 
 def test_drd_objective_trains_bottleneck_and_student_not_the_teacher():
     torch.manual_seed(0)
-    model = build_model("resnet18", weights=None, flm=False, bottleneck="mfcf")
+    model = model_for("resnet18", flm=False, bottleneck="mfcf")
     clean, pseudo = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
-    loss = Objective("drd").loss(model, clean, pseudo, None)
+    loss = drd_objective(model, clean, pseudo, None)
     loss.backward()
     assert loss.item() > 0
     assert all(p.grad is not None for p in model.bottleneck.parameters())
     assert not any(p.grad is not None for p in model.teacher.parameters())
 
 
-@pytest.mark.parametrize("switches", [
-    ("--bottleneck=mfcf",),                      # MRKD with DRD's bottleneck
-    ("--image_score=refined",),                  # MRKD with DRD's refined image score
-    ("--synthesis=drd",),                        # MRKD trained on DRD's pseudo-anomalies
+@pytest.mark.parametrize("switch, effect", [
+    ("--bottleneck=mfcf", "MRKD with DRD's bottleneck"),
+    ("--image_score=refined", "MRKD scored by DRD's refined score"),
+    ("--synthesis=drd", "MRKD trained on DRD's pseudo-anomalies"),
 ])
-def test_drds_parts_combine_with_mrkd(tmp_path, demo_args, switches):
-    assert main.main(demo_args(*switches)) == 0
-    checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_texture.pt", weights_only=True)
-    assert checkpoint["generators"]  # still MRKD: FLM's generators are trained
-    assert any(key.startswith("level3") for key in checkpoint["bottleneck"]) == ("--bottleneck=mfcf" in switches)
+def test_drds_parts_combine_with_mrkd(tmp_path, demo_args, switch, effect):
+    """Each switch, against the same tiny run without it: still MRKD, and the switch changes what it says."""
+    assert main.main(demo_args("--run_name=plain_mrkd")) == 0
+    assert main.main(demo_args(switch, "--run_name=switched")) == 0
+    plain, switched = (torch.load(tmp_path / "checkpoints" / name / "demo_texture.pt", weights_only=True)
+                       for name in ("plain_mrkd", "switched"))
+    assert switched["generators"] and switched["config"]["LOSS"] == "mrkd"  # still MRKD: FLM's G are trained
+    name, value = switch.removeprefix("--").split("=")
+    predictions = [np.load(tmp_path / "results" / name / "predictions" / "demo_texture.npz")
+                   for name in ("plain_mrkd", "switched")]
+    if switch == "--bottleneck=mfcf":
+        assert any(key.startswith("level3") for key in switched["bottleneck"])
+        assert not any(key.startswith("level3") for key in plain["bottleneck"])
+    elif switch == "--image_score=refined":
+        # The same weights, the same maps, other image scores: (1 + v) x max.
+        assert all(torch.equal(plain["student"][key], tensor) for key, tensor in switched["student"].items())
+        np.testing.assert_array_equal(predictions[0]["example_maps"], predictions[1]["example_maps"])
+        ratio = predictions[1]["scores"] / predictions[0]["scores"]
+        assert np.all(ratio > 1) and np.all(ratio < 3) and np.ptp(ratio) > 0
+    else:
+        assert switched["config"]["SYNTHESIS"] == "drd"
+        assert not all(torch.equal(plain["student"][key], tensor) for key, tensor in switched["student"].items())
 
 
 def test_family_preset_puts_the_three_methods_side_by_side(tmp_path, demo_args):
     assert main.main(demo_args("--experiment=family")) == 0
-    run = tmp_path / "results" / "demo"
-    with open(run / "family.csv") as file:
-        rows = list(csv.DictReader(file))
+    run = tmp_path / "results" / "family"
+    rows = read_rows(run / "family.csv")
     assert [row["category"] for row in rows] == ["RD4AD", "MRKD", "DRD"]
     assert all(row["status"] == "ok" and 0 <= float(row["aupro"]) <= 1 for row in rows)
     table = (run / "family.md").read_text()
     assert "| DRD |" in table and "99.5" in table and "98.9" in table  # each paper's numbers beside ours
-    drd = torch.load(tmp_path / "checkpoints" / "demo" / "DRD" / "demo_texture.pt", weights_only=True)
-    assert drd["config"]["METHOD"] == "drd" and drd["generators"] == {}
+    drd = torch.load(tmp_path / "checkpoints" / "family" / "DRD" / "demo_texture.pt", weights_only=True)
+    assert drd["config"]["LOSS"] == "drd" and drd["generators"] == {}
     assert drd["config"]["BOTTLENECK"] == "mfcf" and drd["config"]["BATCH_SIZE"] == 4
-    rd4ad = torch.load(tmp_path / "checkpoints" / "demo" / "RD4AD" / "demo_texture.pt", weights_only=True)
+    rd4ad = torch.load(tmp_path / "checkpoints" / "family" / "RD4AD" / "demo_texture.pt", weights_only=True)
     assert (rd4ad["config"]["ILM"], rd4ad["config"]["FLM"]) == (False, False)

@@ -1,5 +1,4 @@
-"""main.py end to end on the demo data: configuration, errors, checkpoints, resume, determinism."""
-import csv
+"""main.py end to end on the demo data: configuration, errors, checkpoints, resume, runs never lost."""
 import json
 import shutil
 
@@ -7,23 +6,21 @@ import pytest
 import torch
 
 import main
-import utils.engine
-from utils.config import apply_overrides
+import model
+from tests.helpers import read_rows
+from utils.config import parse_overrides
 
-
-def read_metrics(path):
-    with open(path) as file:
-        return list(csv.DictReader(file))
+METRIC_NAMES = ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
 
 
 def test_overrides_follow_the_type_of_each_constant():
     constants = {"EPOCHS": 200, "LEARNING_RATE": 0.005, "CATEGORIES": (), "SCORE_LEVELS": (1, 2, 3),
                  "FLM": True, "WEIGHTS": "imagenet", "BETAS": (0.5, 0.999)}
-    config = apply_overrides(constants, ["--epochs=3", "--learning_rate=1e-3", "--categories=bottle,cable",
-                                         "--score_levels=2,3", "--flm=false", "--weights=none", "--betas=0.9,0.99"])
-    assert config == {"EPOCHS": 3, "LEARNING_RATE": 0.001, "CATEGORIES": ("bottle", "cable"),
-                      "SCORE_LEVELS": (2, 3), "FLM": False, "WEIGHTS": None, "BETAS": (0.9, 0.99)}
-    assert apply_overrides(constants, ["--flm"])["FLM"] is True
+    overrides = parse_overrides(constants, ["--epochs=3", "--learning_rate=1e-3", "--categories=bottle,cable",
+                                            "--score_levels=2,3", "--flm=false", "--weights=none", "--betas=0.9,0.99"])
+    assert overrides == {"EPOCHS": 3, "LEARNING_RATE": 0.001, "CATEGORIES": ("bottle", "cable"),
+                         "SCORE_LEVELS": (2, 3), "FLM": False, "WEIGHTS": None, "BETAS": (0.9, 0.99)}
+    assert parse_overrides(constants, ["--flm"]) == {"FLM": True}
     assert constants["EPOCHS"] == 200  # the defaults are not touched
 
 
@@ -35,7 +32,9 @@ def test_overrides_follow_the_type_of_each_constant():
     ("--flm_ratio=1.5", "FLM_RATIO (lambda) must lie in [0, 1)."),
     ("--score_levels=0,4", "SCORE_LEVELS must be a non-empty subset of 1,2,3."),
     ("--backbone=vgg16", "Unknown backbone 'vgg16'"),
-    ("--dataset=visa", "DATASET must be one of mvtec, btad, mtd."),
+    ("--dataset=imagenet", "DATASET must be one of mvtec, btad, mtd"),
+    ("--method=patchcore", "METHOD must be one of mrkd, drd."),
+    ("--experiment=table9", "EXPERIMENT must be one of table3"),
 ])
 def test_bad_constants_give_one_clear_sentence(argument, message, capsys):
     assert main.main([argument]) == 1
@@ -44,18 +43,41 @@ def test_bad_constants_give_one_clear_sentence(argument, message, capsys):
     assert "Traceback" not in err and err.count("\n") == 1
 
 
-def test_demo_configuration_takes_further_overrides():
-    config = main.resolve_config(["--demo", "--epochs=1"])
-    assert config["EPOCHS"] == 1 and config["BACKBONE"] == "resnet18" and config["WEIGHTS"] is None
-    assert main.resolve_config([])["EPOCHS"] == 200  # the paper's, without --demo
+def test_every_constant_belongs_to_a_settings_bundle():
+    """A constant no bundle reads would be silently ignored."""
+    settings = main.resolve({})
+    bundled = {name.upper() for part in (settings.training, settings.scoring, settings.run)
+               for name in main.asdict(part)}
+    assert set(main.CONSTANTS) <= bundled
+
+
+def test_resolution_layers_demo_method_command_line_and_row():
+    demo = main.resolve({"DEMO": True, "EPOCHS": 1})
+    assert (demo.training.epochs, demo.training.backbone, demo.training.weights) == (1, "resnet18", None)
+    assert main.resolve({}).training.epochs == 200  # the paper's, without --demo
+    drd = main.resolve({"METHOD": "drd", "IMAGE_SCORE": "max"})
+    assert (drd.training.loss, drd.training.bottleneck, drd.training.batch_size, drd.scoring.image_score) == \
+        ("drd", "mfcf", 4, "max")  # the command line wins over the method's preset
+    row = main.resolve({"ALPHA": 0.5}, {"ALPHA": 0.2})
+    assert row.training.alpha == 0.2  # a row is what its table says
+    assert main.resolve({"EXPERIMENT": "table8"}).run.run_name == "table8"
+    assert main.resolve({"EXPERIMENT": "table8", "DEMO": True}).run.run_name == "table8"
+    assert main.resolve({"EXPERIMENT": "table8", "RUN_NAME": "mine"}).run.run_name == "mine"
 
 
 def test_defaults_are_the_papers():
-    config = main.resolve_config([])
-    assert (config["EPOCHS"], config["BATCH_SIZE"], config["LEARNING_RATE"], config["BETAS"]) == (200, 16, 0.005, (0.5, 0.999))
-    assert (config["FLM_RATIO"], config["ALPHA"], config["SEED"], config["IMAGE_SIZE"]) == (0.2, 1.0, 111, 256)
-    assert (config["BACKBONE"], config["WEIGHTS"], config["ILM"], config["FLM"]) == ("wide_resnet50_2", "imagenet", True, True)
-    assert (config["SCORE_LEVELS"], config["EVAL_MASKS"], config["FAST"]) == ((1, 2, 3), 1, False)
+    settings = main.resolve({})
+    training, scoring = settings.training, settings.scoring
+    assert (training.epochs, training.batch_size, training.learning_rate, training.betas) == (200, 16, 0.005, (0.5, 0.999))
+    assert (training.flm_ratio, training.alpha, training.seed, training.image_size) == (0.2, 1.0, 111, 256)
+    assert (training.backbone, training.weights, training.ilm, training.flm) == ("wide_resnet50_2", "imagenet", True, True)
+    assert (scoring.score_levels, scoring.eval_masks, scoring.sigma, training.fast) == ((1, 2, 3), 1, 4.0, False)
+
+
+def test_help_shows_the_constants_and_the_demo_and_method_settings(capsys):
+    assert main.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "FLM_RATIO = 0.2" in out and "DEMO_CONFIG = dict(" in out and '"drd": dict(LOSS="drd"' in out
 
 
 def test_missing_dataset_exits_with_the_loaders_message_only(tmp_path, capsys):
@@ -67,33 +89,76 @@ def test_missing_dataset_exits_with_the_loaders_message_only(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
-def test_demo_run_writes_results_checkpoints_and_evaluates_deterministically(tmp_path, demo_args, capsys):
+def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, demo_args, capsys):
     assert main.main(demo_args("--figures=True")) == 0
     out = capsys.readouterr().out
-    assert "demo_texture image_auroc" in out and "| mean |" in out
     run = tmp_path / "results" / "demo"
-    rows = read_metrics(run / "metrics.csv")
+    assert "demo_texture image_auroc" in out and "| mean |" in out
+    assert f"checkpoints in {tmp_path / 'checkpoints' / 'demo'}" in out and "no NSA constants" not in out
+    rows = read_rows(run / "metrics.csv")
     assert [row["category"] for row in rows] == ["demo_texture", "mean"]
-    assert list(rows[0]) == ["category", "image_auroc", "pixel_auroc", "aupro", "aupro_per_image", "status"]
-    assert all(0 <= float(rows[0][name]) <= 1 for name in ("image_auroc", "pixel_auroc", "aupro", "aupro_per_image"))
+    assert list(rows[0]) == ["category", *METRIC_NAMES, "status"]
+    assert all(0 <= float(rows[0][name]) <= 1 for name in METRIC_NAMES)
     assert json.loads((run / "config.json").read_text())["EPOCHS"] == 1
     assert (run / "metrics.md").read_text().startswith("| category |")
     assert (run / "predictions" / "demo_texture.npz").exists()
     assert (run / "figures" / "demo_texture_examples.png").exists()
+    # A finished category keeps its weights, not the optimiser's state.
     checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_texture.pt", weights_only=True)
-    assert checkpoint["epoch"] == 1 and checkpoint["config"]["RUN_NAME"] == "demo"
-    assert set(checkpoint) == {"bottleneck", "student", "generators", "optimizer", "epoch", "config"}
+    assert checkpoint["epoch"] == 1 and checkpoint["config"]["BACKBONE"] == "resnet18"
+    assert set(checkpoint) == {"bottleneck", "student", "generators", "epoch", "config"}
 
     # Evaluating the saved checkpoint again gives exactly the same numbers (seeded FLM masks).
-    assert main.main(demo_args("--eval_only=True")) == 0
-    assert read_metrics(run / "metrics.csv") == rows
+    assert main.main(demo_args("--eval_only=True", "--figures=True")) == 0
+    assert read_rows(run / "metrics.csv") == rows
 
-
-def test_a_run_never_silently_replaces_another(tmp_path, demo_args, capsys):
-    assert main.main(demo_args("--run_name=first", "--overwrite=False")) == 0
+    # A failed evaluation (another backbone) names the differences and leaves the run as it was.
+    config = (run / "config.json").read_text()
     capsys.readouterr()
-    assert main.main(demo_args("--run_name=first", "--overwrite=False")) == 1
-    assert "A run named 'first' exists" in capsys.readouterr().err
+    assert main.main(demo_args("--eval_only=True", "--backbone=resnet50")) == 1
+    err = capsys.readouterr().err
+    assert "trained with other settings (BACKBONE 'resnet18' -> 'resnet50')" in err and err.count("\n") == 1
+    assert (run / "config.json").read_text() == config and read_rows(run / "metrics.csv") == rows
+
+
+def test_a_run_never_silently_replaces_another(tmp_path, demo_args, plain_args, capsys):
+    assert main.main(plain_args()) == 0
+    capsys.readouterr()
+    for attempt in (plain_args(), demo_args("--run_name=plain")):
+        assert main.main(attempt) == 1
+        assert "A run named 'plain' exists" in capsys.readouterr().err
+    # The demo may replace its own earlier run.
+    assert main.main(demo_args()) == 0
+    assert main.main(demo_args()) == 0
+
+
+def test_overwrite_replaces_the_whole_run(tmp_path, demo_args):
+    assert main.main(demo_args("--categories=demo_texture,demo_object", "--epochs=1")) == 0
+    assert main.main(demo_args("--overwrite=True")) == 0
+    run = tmp_path / "results" / "demo"
+    assert [path.name for path in (run / "predictions").iterdir()] == ["demo_texture.npz"]
+    assert [path.name for path in (tmp_path / "checkpoints" / "demo").iterdir()] == ["demo_texture.pt"]
+
+
+def test_a_run_that_failed_on_bad_input_can_be_rerun(tmp_path, plain_args, capsys):
+    assert main.main(plain_args(f"--weights={tmp_path}/missing.pth")) == 1
+    assert "missing.pth" in capsys.readouterr().err
+    assert main.main(plain_args()) == 0  # not refused: the failed run wrote no result
+
+
+def test_unwritable_results_give_one_sentence_and_keep_the_metrics(tmp_path, demo_args, monkeypatch, capsys):
+    (tmp_path / "file").write_text("")
+    assert main.main(demo_args(f"--results_dir={tmp_path}/file")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and str(tmp_path / "file") in err and err.count("\n") == 1
+
+    def refuse(*arguments):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "figure.png"))
+
+    monkeypatch.setattr(main, "draw_category", refuse)
+    assert main.main(demo_args("--figures=True")) == 1
+    assert "Permission denied" in capsys.readouterr().err
+    assert read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "ok"
 
 
 def test_eval_only_without_checkpoint_is_a_clear_error(tmp_path, demo_args, capsys):
@@ -101,48 +166,61 @@ def test_eval_only_without_checkpoint_is_a_clear_error(tmp_path, demo_args, caps
     assert "No checkpoint at" in capsys.readouterr().err
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, demo_args):
-    common = ("--checkpoint_every=1",)
-    assert main.main(demo_args("--epochs=2", "--run_name=straight", *common)) == 0
-    assert main.main(demo_args("--epochs=1", "--run_name=split", *common)) == 0
-    assert main.main(demo_args("--epochs=2", "--run_name=split", "--resume=True", *common)) == 0
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, demo_args, monkeypatch, capsys):
+    common = ("--checkpoint_every=1", "--epochs=2")
+    assert main.main(demo_args("--run_name=straight", *common)) == 0
+    real_epoch = main.train_epoch
+    calls = []
+
+    def interrupted_in_epoch_2(*arguments, **keywords):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*arguments, **keywords)
+
+    monkeypatch.setattr(main, "train_epoch", interrupted_in_epoch_2)
+    assert main.main(demo_args("--run_name=split", *common)) == 130
+    assert "optimizer" in torch.load(tmp_path / "checkpoints" / "split" / "demo_texture.pt", weights_only=True)
+    monkeypatch.setattr(main, "train_epoch", real_epoch)
+
+    # Changed training settings are refused, with the list of differences.
+    capsys.readouterr()
+    assert main.main(demo_args("--run_name=split", "--resume=True", "--learning_rate=0.01", "--alpha=0.5",
+                               *common)) == 1
+    err = capsys.readouterr().err
+    assert "ALPHA 1.0 -> 0.5; LEARNING_RATE 0.005 -> 0.01" in err and err.count("\n") == 1
+
+    assert main.main(demo_args("--run_name=split", "--resume=True", *common)) == 0
     straight, split = (torch.load(tmp_path / "checkpoints" / name / "demo_texture.pt", weights_only=True)
                        for name in ("straight", "split"))
     assert split["epoch"] == straight["epoch"] == 2
     for key, tensor in straight["student"].items():
         torch.testing.assert_close(split["student"][key], tensor, rtol=1e-4, atol=1e-5)
-    assert read_metrics(tmp_path / "results" / "split" / "metrics.csv") == \
-        read_metrics(tmp_path / "results" / "straight" / "metrics.csv")
+    assert read_rows(tmp_path / "results" / "split" / "metrics.csv") == \
+        read_rows(tmp_path / "results" / "straight" / "metrics.csv")
+
+    # A finished category has no optimiser state left to go on from.
+    assert main.main(demo_args("--run_name=split", "--resume=True", "--epochs=3", "--checkpoint_every=1")) == 1
+    assert "holds a finished training (2 epochs)" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path, demo_args, monkeypatch, capsys):
-    real_loss = utils.engine.distillation_loss
+    real_objective = model.OBJECTIVES["mrkd"]
     calls = []
 
-    def loss_turning_nan(*arguments, **keywords):
+    def loss_turning_nan(*arguments):
         calls.append(1)
-        loss = real_loss(*arguments, **keywords)
+        loss = real_objective(*arguments)
         return loss * float("nan") if len(calls) > 5 else loss  # 40 images / batch 8: epoch 2 diverges
 
-    monkeypatch.setattr(utils.engine, "distillation_loss", loss_turning_nan)
+    monkeypatch.setitem(model.OBJECTIVES, "mrkd", loss_turning_nan)
     assert main.main(demo_args("--epochs=3", "--checkpoint_every=1")) == 1
     out = capsys.readouterr().out
     assert "training stopped in epoch 2: the loss became nan at step 1" in out
     assert "the last good checkpoint is" in out
     checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_texture.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
-    assert read_metrics(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "diverged"
-
-
-def test_fast_path_gives_the_faithful_metrics_within_tolerance(tmp_path, demo_args):
-    """bf16 + channels_last vs fp32 on the demo object, 64 px, 8 epochs: measured at most 1.9 points apart."""
-    common = ("--image_size=64", "--epochs=8", "--categories=demo_object")
-    assert main.main(demo_args(*common, "--run_name=faithful")) == 0
-    assert main.main(demo_args(*common, "--run_name=fast", "--fast=True")) == 0
-    faithful, fast = (read_metrics(tmp_path / "results" / name / "metrics.csv")[0] for name in ("faithful", "fast"))
-    for name in ("image_auroc", "pixel_auroc", "aupro", "aupro_per_image"):
-        assert abs(float(fast[name]) - float(faithful[name])) <= 0.03, name
-    assert float(faithful["pixel_auroc"]) > 0.9  # both detect the defects: the comparison means something
+    assert read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "diverged"
 
 
 def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp_path, demo_args, capsys):
@@ -153,4 +231,4 @@ def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp
             shutil.rmtree(defect)  # the demo data is not regenerated: its version marker is there
     assert main.main(demo_args(f"--data_dir={data}")) == 0
     assert "demo_texture: skipped, its test set holds no anomalous image to evaluate on." in capsys.readouterr().out
-    assert read_metrics(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "no anomalous test image"
+    assert read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "no anomalous test image"

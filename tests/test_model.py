@@ -6,9 +6,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from model import build_model
+from tests.helpers import model_for
 from model.generator import flm_mask
-from model.loss import anomaly_map, distillation_loss, gaussian_blur, image_score
+from model.loss import anomaly_map, distillation_loss, gaussian_blur, image_score, level_distances
 from utils.errors import InputError
 
 
@@ -18,7 +18,7 @@ def count(module):
 
 @pytest.fixture(scope="module")
 def wide():
-    return build_model("wide_resnet50_2", weights=None)
+    return model_for("wide_resnet50_2")
 
 
 def test_wide_resnet_parameter_counts(wide):
@@ -34,7 +34,7 @@ def test_wide_resnet_parameter_counts(wide):
     ("wide_resnet50_2", (256, 512, 1024)),
 ])
 def test_output_shapes_follow_the_backbone(backbone, channels, wide):
-    model = wide if backbone == "wide_resnet50_2" else build_model(backbone, weights=None)
+    model = wide if backbone == "wide_resnet50_2" else model_for(backbone)
     images = torch.randn(2, 3, 64, 64)
     teacher, restored = model(images, images.flip(-1))
     expected = [(2, c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16))]
@@ -56,13 +56,13 @@ def test_teacher_is_frozen_and_optimiser_sees_exactly_the_trained_parts(wide):
 
 
 def test_teacher_never_builds_layer4():
-    teacher = build_model("resnet18", weights=None).teacher
+    teacher = model_for("resnet18").teacher
     assert not hasattr(teacher, "layer4") and not hasattr(teacher, "fc")
 
 
 def test_flm_off_builds_no_generator_and_compares_the_student_directly():
     torch.manual_seed(0)
-    model = build_model("resnet18", weights=None, flm=False).eval()
+    model = model_for("resnet18", flm=False).eval()
     assert len(model.generators) == 0
     images = torch.randn(2, 3, 64, 64)
     _, restored = model(images)
@@ -72,7 +72,7 @@ def test_flm_off_builds_no_generator_and_compares_the_student_directly():
 
 def test_ilm_input_changes_the_student_input_but_not_the_target():
     torch.manual_seed(0)
-    model = build_model("resnet18", weights=None, flm_ratio=0.0).eval()
+    model = model_for("resnet18", flm_ratio=0.0).eval()
     images = torch.randn(2, 3, 64, 64)
     target_clean, restored_clean = model(images)
     target_ilm, restored_ilm = model(images, images.flip(-1))
@@ -95,7 +95,7 @@ def test_flm_mask_fraction_and_determinism():
 
 
 def test_flm_ratio_zero_shows_the_generator_unmasked_features():
-    generator_module = build_model("resnet18", weights=None).generators[0]
+    generator_module = model_for("resnet18").generators[0]
     features = torch.randn(2, 64, 8, 8)
     assert torch.all(flm_mask(features, 0.0, torch.Generator().manual_seed(0)) == 1)
     expected = generator_module.conv2(torch.relu(generator_module.conv1(features)))
@@ -103,7 +103,7 @@ def test_flm_ratio_zero_shows_the_generator_unmasked_features():
 
 
 def test_same_mask_seed_gives_same_restored_features():
-    model = build_model("resnet18", weights=None).eval()
+    model = model_for("resnet18").eval()
     images = torch.randn(2, 3, 64, 64)
     first = model(images, mask_generator=torch.Generator().manual_seed(5))[1]
     second = model(images, mask_generator=torch.Generator().manual_seed(5))[1]
@@ -135,12 +135,12 @@ def test_loss_equals_its_definition_and_levels_select():
 
 def test_anomaly_map_zero_for_identical_and_levels_select():
     a, b = features(0), features(1)
-    assert anomaly_map(a, a, 64).abs().max().item() < 1e-5
-    full = anomaly_map(a, b, 64)
+    assert anomaly_map(level_distances(a, a), 64).abs().max().item() < 1e-5
+    full = anomaly_map(level_distances(a, b), 64)
     assert full.shape == (2, 64, 64) and full.min().item() > 0
-    singles = [anomaly_map(a, b, 64, levels=(level,)) for level in (1, 2, 3)]
+    singles = [anomaly_map(level_distances(a, b, levels=(level,)), 64) for level in (1, 2, 3)]
     torch.testing.assert_close(full, sum(singles))
-    torch.testing.assert_close(anomaly_map(a, b, 64, levels=(1, 2)), singles[0] + singles[1])
+    torch.testing.assert_close(anomaly_map(level_distances(a, b, levels=(1, 2)), 64), singles[0] + singles[1])
     assert not torch.allclose(singles[0], singles[2])
 
 
@@ -148,7 +148,7 @@ def test_anomaly_map_matches_its_definition_at_a_corner():
     a, b = features(0), features(1)
     # With align_corners=True the corner pixel of the upsampled map is the corner of each level.
     expected = sum(1 - torch.nn.functional.cosine_similarity(t[:, :, 0, 0], g[:, :, 0, 0]) for t, g in zip(a, b))
-    torch.testing.assert_close(anomaly_map(a, b, 64)[:, 0, 0], expected)
+    torch.testing.assert_close(anomaly_map(level_distances(a, b), 64)[:, 0, 0], expected)
 
 
 @pytest.mark.parametrize("size", [64, 20, 7])
@@ -170,7 +170,7 @@ def test_offline_imagenet_weights_give_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(InputError) as error:
-        build_model("resnet18", weights="imagenet")
+        model_for("resnet18", weights="imagenet")
     message = str(error.value)
     assert "resnet18-f37072fd.pth" in message
     assert str(tmp_path / "checkpoints") in message
@@ -178,18 +178,18 @@ def test_offline_imagenet_weights_give_one_clear_message(tmp_path, monkeypatch):
 
 
 def test_weights_from_a_state_dict_file(tmp_path):
-    source = build_model("resnet18", weights=None).teacher
+    source = model_for("resnet18").teacher
     path = tmp_path / "teacher.pth"
     torch.save(source.state_dict(), path)
-    loaded = build_model("resnet18", weights=str(path)).teacher
+    loaded = model_for("resnet18", weights=str(path)).teacher
     for name, tensor in source.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name])
     with pytest.raises(InputError, match="does not fit resnet50"):
-        build_model("resnet50", weights=str(path))
+        model_for("resnet50", weights=str(path))
     with pytest.raises(InputError, match="Could not read"):
-        build_model("resnet18", weights=str(tmp_path / "missing.pth"))
+        model_for("resnet18", weights=str(tmp_path / "missing.pth"))
 
 
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(InputError, match="Unknown backbone 'vgg16'; choose one of resnet18, resnet50, wide_resnet50_2"):
-        build_model("vgg16", weights=None)
+        model_for("vgg16")

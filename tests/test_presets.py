@@ -1,5 +1,5 @@
 """Switches of Section 4 and the named presets, end to end on the demo data."""
-import csv
+import json
 
 import numpy as np
 import pytest
@@ -8,9 +8,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 import main
-from model import build_model
-from utils.engine import Execution, Objective, train_epoch
-from utils.presets import PRESETS, slug, training_key
+from model import mrkd_objective
+from model.engine import Execution, train_epoch
+from tests.helpers import model_for, read_rows
+from utils.presets import PRESETS, slug
 
 
 def assert_png_with_content(path):
@@ -18,20 +19,28 @@ def assert_png_with_content(path):
     assert pixels.std() > 10, f"{path} looks blank"
 
 
+def rows_of(name):
+    """Each row's settings, resolved as `--experiment=name` resolves them."""
+    return [main.resolve({}, {**row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)})
+            for row in PRESETS[name].rows]
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_every_preset_row_is_a_valid_configuration(name):
-    preset = PRESETS[name]
-    labels = [slug(row.label) for row in preset.rows]
+def test_every_preset_row_is_a_valid_configuration_of_its_own(name):
+    labels = [slug(row.label) for row in PRESETS[name].rows]
     assert len(set(labels)) == len(labels)
-    for row in preset.rows:
-        assert set(row.constants) <= set(main.CONSTANTS)
-        main.check_config({**main.resolve_config([]), **row.constants})
+    for row, settings in zip(PRESETS[name].rows, rows_of(name)):
+        for constant, value in row.constants.items():
+            assert settings.constants[constant] == value
 
 
-def test_table7_rows_share_one_training():
-    keys = {training_key(row) for row in PRESETS["table7"].rows}
-    assert len(keys) == 1
-    assert len({training_key(row) for row in PRESETS["table5"].rows}) == 4
+def test_rows_differing_only_in_evaluation_share_one_training():
+    assert len({settings.training for settings in rows_of("table7")}) == 1
+    assert len({settings.scoring for settings in rows_of("table7")}) == 6
+    assert len({settings.training for settings in rows_of("table5")}) == 4
+    # IMAGE_SCORE is an evaluation constant too: varying it alone would share the training.
+    refined = main.resolve({"IMAGE_SCORE": "refined"})
+    assert refined.training == main.resolve({}).training and refined.scoring != main.resolve({}).scoring
 
 
 class Recorder(torch.nn.Module):
@@ -49,42 +58,31 @@ class Recorder(torch.nn.Module):
 @pytest.mark.parametrize("ilm", [True, False])
 def test_ilm_switch_decides_what_the_student_sees(ilm):
     torch.manual_seed(0)
-    model = build_model("resnet18", weights=None)
+    model = model_for("resnet18")
     recorder = Recorder(model)
     clean, augmented = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
-    loader = DataLoader(TensorDataset(clean, augmented), batch_size=2)
+    batches = TensorDataset(clean, augmented) if ilm else TensorDataset(clean)  # TrainImages without ILM: (clean,)
     optimizer = torch.optim.Adam(model.trainable_parameters())
-    train_epoch(recorder, loader, optimizer, torch.device("cpu"), Objective("mrkd", ilm), torch.Generator(), Execution())
+    train_epoch(recorder, DataLoader(batches, batch_size=2), optimizer, torch.device("cpu"), mrkd_objective,
+                torch.Generator(), Execution())
     assert len(recorder.augmented) == 2
     assert all((seen is not None) == ilm for seen in recorder.augmented)
 
 
-def test_flm_switch_leaves_no_generator_in_the_optimiser(tmp_path, demo_args):
-    without = build_model("resnet18", weights=None, flm=False)
-    assert len(without.trainable_parameters()) == len(list(without.bottleneck.parameters())) + \
-        len(list(without.student.parameters()))
-    assert main.main(demo_args("--categories=demo_object", "--flm=False")) == 0
-    checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_object.pt", weights_only=True)
-    assert checkpoint["generators"] == {}
-    optimised = sum(len(group["params"]) for group in checkpoint["optimizer"]["param_groups"])
-    assert optimised == len(without.trainable_parameters())
-
-
-def read_rows(path):
-    with open(path) as file:
-        return list(csv.DictReader(file))
-
-
-def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_args, capsys):
+def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_args):
     assert main.main(demo_args("--categories=demo_object", "--figures=True", "--experiment=table5")) == 0
-    run = tmp_path / "results" / "demo"
+    run = tmp_path / "results" / "table5"
     table = (run / "table5.md").read_text()
     for row in PRESETS["table5"].rows:
         assert f"| {row.label} |" in table
     assert "| RD4AD (baseline) |" in table and "| 98.5 |" in table  # the paper's row beside ours
     assert len(read_rows(run / "table5.csv")) == 4
-    assert sorted(p.name for p in (tmp_path / "checkpoints" / "demo").iterdir()) == sorted(
-        slug(row.label) for row in PRESETS["table5"].rows)
+    checkpoints = tmp_path / "checkpoints" / "table5"
+    assert sorted(p.name for p in checkpoints.iterdir()) == sorted(slug(row.label) for row in PRESETS["table5"].rows)
+    # The FLM switch: RD4AD trains no generator, MRKD does.
+    rd4ad = torch.load(checkpoints / "RD4AD_baseline" / "demo_object.pt", weights_only=True)
+    mrkd = torch.load(checkpoints / "baseline_ILM_FLM_MRKD" / "demo_object.pt", weights_only=True)
+    assert rd4ad["generators"] == {} and mrkd["generators"] != {}
     assert_png_with_content(run / "figures" / "demo_object_features_flm.png")
     for name in ("scores", "examples", "roc", "features"):
         assert_png_with_content(run / "baseline_ILM_FLM_MRKD" / "figures" / f"demo_object_{name}.png")
@@ -92,18 +90,20 @@ def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_
 
 def test_table7_preset_evaluates_one_training_six_ways(tmp_path, demo_args):
     assert main.main(demo_args("--categories=demo_object", "--experiment=table7")) == 0
-    assert [p.name for p in (tmp_path / "checkpoints" / "demo").iterdir()] == ["SM_1"]
-    rows = read_rows(tmp_path / "results" / "demo" / "table7.csv")
+    assert [p.name for p in (tmp_path / "checkpoints" / "table7").iterdir()] == ["SM_1"]
+    rows = read_rows(tmp_path / "results" / "table7" / "table7.csv")
     assert [row["category"] for row in rows] == [row.label for row in PRESETS["table7"].rows]
-    assert len({row["pixel_auroc"] for row in rows}) > 1  # the level subset changes the map
+    assert len({row["pixel_auroc"] for row in rows}) == 6  # the level subset changes the map
 
 
-def test_fig11_preset_draws_the_lambda_sweep(tmp_path, demo_args):
+def test_fig11_preset_trains_each_lambda_and_draws_the_sweep(tmp_path, demo_args):
     assert main.main(demo_args("--categories=demo_object", "--experiment=fig11")) == 0
-    assert_png_with_content(tmp_path / "results" / "demo" / "figures" / "flm_ratio_sweep.png")
-    assert len(read_rows(tmp_path / "results" / "demo" / "fig11.csv")) == 5
-
-
-def test_experiment_run_name_defaults_to_the_preset():
-    assert main.resolve_config(["--experiment=table8"])["RUN_NAME"] == "table8"
-    assert main.resolve_config(["--experiment=table8", "--run_name=mine"])["RUN_NAME"] == "mine"
+    run = tmp_path / "results" / "fig11"
+    assert_png_with_content(run / "figures" / "flm_ratio_sweep.png")
+    assert len(read_rows(run / "fig11.csv")) == 5
+    ratios = [json.loads((run / slug(row.label) / "config.json").read_text())["FLM_RATIO"]
+              for row in PRESETS["fig11"].rows]
+    assert ratios == [0.0, 0.2, 0.4, 0.6, 0.8]
+    trained = [torch.load(tmp_path / "checkpoints" / "fig11" / slug(row.label) / "demo_object.pt",
+                          weights_only=True)["config"]["FLM_RATIO"] for row in PRESETS["fig11"].rows]
+    assert trained == ratios

@@ -1,6 +1,7 @@
 """Command-line overrides of main.py's UPPER_CASE constants: `--name=value`, no framework."""
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from utils.errors import InputError
@@ -27,13 +28,13 @@ def parse_value(name: str, text: str, default: Any) -> Any:
         raise InputError(f"--{name} expects {kind}, got {text!r}.") from None
 
 
-def apply_overrides(constants: dict[str, Any], argv: list[str]) -> dict[str, Any]:
-    """Return a copy of `constants` (UPPER_CASE names) with `--name=value` arguments applied.
+def parse_overrides(constants: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    """The `--name=value` arguments as {NAME: value}, each of its constant's type.
 
     A bare `--name` sets a True/False constant to True. Lists are comma-separated.
     An unknown name or a value of the wrong type raises InputError.
     """
-    config = dict(constants)
+    overrides = {}
     valid = sorted(name.lower() for name in constants)
     for argument in argv:
         name, has_value, text = argument.removeprefix("--").partition("=")
@@ -44,5 +45,17 @@ def apply_overrides(constants: dict[str, Any], argv: list[str]) -> dict[str, Any
             if not isinstance(constants[key], bool):
                 raise InputError(f"--{name} needs a value: --{name}=...")
             text = "true"
-        config[key] = parse_value(name, text, constants[key])
-    return config
+        overrides[key] = parse_value(name, text, constants[key])
+    return overrides
+
+
+def check(rules: list[tuple[bool, str]]) -> None:
+    """Raise InputError with the message of the first (holds, message) rule that does not hold."""
+    for ok, message in rules:
+        if not ok:
+            raise InputError(f"{message}.")
+
+
+def bundle(cls: type, config: dict[str, Any]) -> Any:
+    """The dataclass `cls` filled from the constants of the same (upper-case) names."""
+    return cls(**{field.name: config[field.name.upper()] for field in fields(cls)})

@@ -27,14 +27,33 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 
-from utils.metrics import roc_curve
-from utils.report import METRICS
+from utils.metrics import METRICS, roc_curve
+
 
 DPI = 110            # the PNGs' resolution
 PANEL_INCHES = 2.4   # side of one image panel in the grids of Fig. 7 and Fig. 9
 PCA_COMPONENTS = 3   # shown as RGB (Sec. 4.4, Fig. 9)
 
 Predictions = dict[str, Any]
+
+
+def save_predictions(path: Path, category: str, scores: np.ndarray, labels: np.ndarray, defects: list[str],
+                     values: dict[str, float], masks: np.ndarray, maps: np.ndarray, images: np.ndarray,
+                     examples: np.ndarray, feature_input: np.ndarray, feature_restored: np.ndarray) -> None:
+    """Write one category's predictions in the schema above (the module docstring).
+
+    scores (N,), labels (N,), defects N names, values the four metrics, masks (N, S, S),
+    maps (N, S, S), images (N, S, S, 3) uint8; examples (k,) indices of the test images
+    kept whole; feature_input and feature_restored (k, h, w, 3) from pca_project.
+    """
+    pixel_fpr, pixel_tpr = roc_curve(masks.ravel(), maps.ravel())
+    np.savez_compressed(
+        path, category=category, scores=scores, labels=labels, defects=np.array(defects),
+        metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
+        pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=examples,
+        example_images=images[examples], example_masks=masks[examples], example_maps=maps[examples],
+        feature_input=feature_input, feature_restored=feature_restored,
+    )
 
 
 def load_predictions(path: Path) -> Predictions:

@@ -18,9 +18,22 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+# The metric names used in code, printed lines, CSV headers and the README.
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "aupro_per_image")
+
 # Both constants belong to the authors' per-image AU-PRO (authors' implementation).
 PER_IMAGE_THRESHOLDS = 200  # equal-width thresholds between an image's min and max score
 PER_IMAGE_FPR_LIMIT = 0.3   # curve points with FPR below this are kept
+
+
+def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict[str, float]:
+    """The four metrics of METRICS for one category's test set, as fractions.
+
+    labels (N,), 1 is anomalous; scores (N,) image scores; masks (N, H, W) ground truth;
+    maps (N, H, W) anomaly maps.
+    """
+    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
+            "aupro": aupro(masks, maps), "aupro_per_image": aupro_per_image(masks, maps)}
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:

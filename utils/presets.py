@@ -47,6 +47,7 @@ PRESETS = {
         Row("alpha = 0.8", {"ALPHA": 0.8}, (98.9, 98.3, 95.1)),
         Row("alpha = 1", {"ALPHA": 1.0}, (98.9, 98.4, 95.3)),
     )),
+    # Rows differing only in evaluation constants share one training (main.py: Training).
     "table7": Preset("Table 7: levels fused into the score map (one training, six evaluations)", (
         Row("SM^1", {"SCORE_LEVELS": (1,)}, (94.2, 95.4, 91.5)),
         Row("SM^2", {"SCORE_LEVELS": (2,)}, (98.0, 97.9, 94.4)),
@@ -74,15 +75,7 @@ PRESETS = {
     ), sweep="FLM_RATIO"),
 }
 
-# Constants that change only the evaluation: rows differing only in these share one training.
-EVALUATION_CONSTANTS = ("SCORE_LEVELS", "EVAL_MASKS", "SIGMA")
-
 
 def slug(label: str) -> str:
     """A folder name for a row: 'baseline + ILM' -> 'baseline_ILM'."""
     return "_".join("".join(c if c.isalnum() or c in "._-" else " " for c in label).split())
-
-
-def training_key(row: Row) -> tuple:
-    """What determines a row's trained model: its constants other than the evaluation ones."""
-    return tuple(sorted((k, v) for k, v in row.constants.items() if k not in EVALUATION_CONSTANTS))

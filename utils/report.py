@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from pathlib import Path
 
-# The metric names used in code, printed lines, CSV headers and the README.
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "aupro_per_image")
+from utils.metrics import METRICS
 # Which of our metrics each of the paper's three numbers is comparable with
 # (the paper's AU-PRO was computed per image by the authors' code).
 PAPER_COLUMNS = ("image_auroc", "pixel_auroc", "aupro_per_image")
@@ -69,12 +70,20 @@ def write_tables(folder: Path, name: str, rows: list[dict], paper: dict[str, tup
     configurations, have none.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=["category", *METRICS, "status"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(with_mean(rows) if mean else rows)
+    spreadsheet = io.StringIO(newline="")
+    writer = csv.DictWriter(spreadsheet, fieldnames=["category", *METRICS, "status"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(with_mean(rows) if mean else rows)
+    write_atomically(folder / f"{name}.csv", spreadsheet.getvalue())
     text = markdown(*table(rows, paper, mean))
     if note:
         text += "\n" + note + "\n"
-    (folder / f"{name}.md").write_text(text)
+    write_atomically(folder / f"{name}.md", text)
     return text
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file and rename it, so a crash never leaves a half-written file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

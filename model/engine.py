@@ -1,8 +1,13 @@
-"""One epoch of training and batched prediction on the device; shared by main.py and the benchmark."""
+"""The engine, the same for every method: one epoch of training, batched prediction, checkpoints.
+
+A method is its objective (model.OBJECTIVES) and its image score (IMAGE_SCORES);
+everything else here is shared by MRKD, RD4AD and DRD, main.py and the benchmark.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,9 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import MRKD, drd
-from model.loss import distillation_loss, gaussian_blur, image_score, level_distances, upsample_levels
+from model import MRKD
+from model.drd import refined_image_score
+from model.loss import anomaly_map, gaussian_blur, image_score, level_distances
+from utils.config import check
 from utils.errors import InputError
+
+# A training objective: (model, clean images, ILM inputs or None, FLM mask generator) -> loss.
+Objective = Callable[[MRKD, torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
 
 
 class Diverged(Exception):
@@ -75,45 +85,20 @@ def execution_for(device: torch.device, fast: bool) -> Execution:
     return Execution(torch.float16, torch.amp.GradScaler(device.type), channels_last=True)
 
 
-@dataclass(frozen=True)
-class Objective:
-    """The training loss: MRKD's Eq. (4) or DRD's three losses.
-
-    method "mrkd": the student restores the teacher features of the clean image from the
-    ILM input (ilm=False: from the clean image itself, RD4AD). method "drd": normal and
-    pseudo-abnormal images both go through bottleneck and student (the pseudo-abnormal
-    teacher features with Gaussian noise); kd + restoration + segmentation losses.
-    """
-
-    method: str = "mrkd"
-    ilm: bool = True
-
-    def loss(self, model: MRKD, clean: torch.Tensor, augmented: torch.Tensor,
-             mask_generator: torch.Generator | None) -> torch.Tensor:
-        if self.method == "mrkd":
-            target, restored = model(clean, augmented if self.ilm else None, mask_generator)
-            return distillation_loss(target, restored)
-        target, pseudo = model.teacher_pair(clean, augmented)
-        pseudo = drd.add_noise(pseudo, drd.NOISE_STD)
-        restored = model.restore(model.student(model.bottleneck(target)), mask_generator)
-        restored_pseudo = model.restore(model.student(model.bottleneck(pseudo)), mask_generator)
-        return drd.drd_loss(target, restored, pseudo, restored_pseudo, clean, augmented)
-
-
 def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
                 objective: Objective, mask_generator: torch.Generator | None, execution: Execution,
                 on_step: Callable[[float], None] | None = None) -> float:
-    """One pass over the (clean, augmented) pairs; returns the mean loss.
+    """One pass over the batches, (clean,) or (clean, augmented); returns the mean loss.
 
     Raises Diverged, before any further step, when the loss is not finite.
     """
     model.train()
     total, steps = 0.0, 0
-    for clean, augmented in loader:
+    for clean, *rest in loader:
         clean = execution.to_device(clean, device)
-        augmented = execution.to_device(augmented, device) if objective.ilm else None
+        augmented = execution.to_device(rest[0], device) if rest else None
         with execution.autocast(device):
-            loss = objective.loss(model, clean, augmented, mask_generator)
+            loss = objective(model, clean, augmented, mask_generator)
         value = loss.item()
         if not np.isfinite(value):
             raise Diverged(f"the loss became {value} at step {steps + 1}")
@@ -131,20 +116,36 @@ def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer,
     return total / max(steps, 1)
 
 
-# The image score: Eq. (6), the map's maximum, or DRD's refined score.
-IMAGE_SCORES = ("max", "refined")
+# The image score from the level distances and the smoothed map: Eq. (6), the map's
+# maximum, or DRD's refined score.
+IMAGE_SCORES = {
+    "max": lambda distances, maps: image_score(maps),
+    "refined": refined_image_score,
+}
 
 
 @dataclass(frozen=True)
 class Scoring:
-    """How the maps and image scores are computed at test time (Sec. 3.4)."""
+    """How maps and image scores are computed at test time (Sec. 3.4): main.py's evaluation
+    constants, by their lower-case names. Rows of an experiment that differ only here
+    share one training."""
 
     image_size: int
-    levels: tuple[int, ...] = (1, 2, 3)  # Eq. (5); Table 7
-    sigma: float = 4.0                   # Gaussian smoothing, authors' implementation
-    masks: int = 1                       # K FLM masks averaged; the paper uses one
-    mask_seed: int = 111                 # seeds the test-time FLM masks
-    image_score: str = "max"             # Eq. (6), or DRD's "refined" score
+    score_levels: tuple[int, ...]  # Eq. (5); Table 7
+    sigma: float                   # Gaussian smoothing
+    eval_masks: int                # K FLM masks averaged
+    image_score: str               # a key of IMAGE_SCORES
+    seed: int                      # seeds the test-time FLM masks
+
+    def __post_init__(self) -> None:
+        rules = [
+            (len(self.score_levels) > 0 and set(self.score_levels) <= {1, 2, 3},
+             "SCORE_LEVELS must be a non-empty subset of 1,2,3"),
+            (self.sigma >= 0, "SIGMA must be at least 0"),
+            (self.eval_masks >= 1, "EVAL_MASKS must be at least 1"),
+            (self.image_score in IMAGE_SCORES, f"IMAGE_SCORE must be one of {', '.join(IMAGE_SCORES)}"),
+        ]
+        check(rules)
 
 
 @torch.no_grad()
@@ -153,32 +154,29 @@ def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scorin
     """Image scores (N,) and smoothed anomaly maps (N, S, S), Eq. (5)-(6), batched on the device.
 
     FLM stays on at test time (Sec. 3.4); its masks come from a CPU generator seeded
-    with scoring.mask_seed, so two evaluations of one checkpoint agree exactly, on any
+    with scoring.seed, so two evaluations of one checkpoint agree exactly, on any
     device. With K masks the level distances of K independent masks are averaged.
     """
     model.eval()
-    generator = torch.Generator().manual_seed(scoring.mask_seed)
+    generator = torch.Generator().manual_seed(scoring.seed)
     all_scores, all_maps = [], []
     for batch in loader:
         images = execution.to_device(batch[0], device)
         with execution.autocast(device):
             target, student = model.distill(images)
-            runs = [level_distances(target, model.restore(student, generator), scoring.levels)
-                    for _ in range(scoring.masks)]
-        distances = [sum(level) / scoring.masks for level in zip(*runs)]   # [(B, h_l, w_l)]
-        upsampled = upsample_levels(distances, scoring.image_size)         # (B, L, S, S)
-        maps = gaussian_blur(upsampled.sum(dim=1), scoring.sigma)          # (B, S, S)
-        if scoring.image_score == "refined":
-            all_scores.append(drd.refined_image_score(distances, upsampled, maps))
-        else:
-            all_scores.append(image_score(maps))
+            runs = [level_distances(target, model.restore(student, generator), scoring.score_levels)
+                    for _ in range(scoring.eval_masks)]
+        distances = [sum(level) / scoring.eval_masks for level in zip(*runs)]   # [(B, h_l, w_l)]
+        maps = gaussian_blur(anomaly_map(distances, scoring.image_size), scoring.sigma)  # (B, S, S)
+        all_scores.append(IMAGE_SCORES[scoring.image_score](distances, maps))
         all_maps.append(maps)
     return torch.cat(all_scores).cpu().numpy(), torch.cat(all_maps).cpu().numpy()
 
 
-def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer, epoch: int,
+def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | None, epoch: int,
                     config: dict[str, Any]) -> None:
-    """State dicts of the trained parts and the optimiser, the epoch and the configuration.
+    """State dicts of the trained parts (and of the optimiser unless None), the epoch and the
+    configuration that shaped them.
 
     Written to a temporary file and renamed, so a crash never leaves a broken checkpoint.
     """
@@ -186,31 +184,36 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer, e
         "bottleneck": model.bottleneck.state_dict(),
         "student": model.student.state_dict(),
         "generators": model.generators.state_dict(),
-        "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "config": config,
     }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     torch.save(state, temporary)
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | None,
-                    device: torch.device) -> dict[str, Any]:
-    """Restore what save_checkpoint wrote; returns the checkpoint (epoch, config)."""
+def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """What save_checkpoint wrote, tensors on the device."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        for part in ("bottleneck", "student", "generators"):
-            getattr(model, part).load_state_dict(state[part])
-        if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
+        return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise InputError(f"No checkpoint at {path}; train first (without --eval_only).") from None
-    except (RuntimeError, KeyError, OSError) as error:
-        raise InputError(f"The checkpoint {path} does not fit this configuration or is damaged "
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
+        raise InputError(f"The checkpoint {path} is damaged ({type(error).__name__}); delete it and train "
+                         f"again.") from None
+
+
+def load_weights(model: MRKD, state: dict[str, Any], path: Path) -> None:
+    """Put a checkpoint's trained parts into the model."""
+    try:
+        for part in ("bottleneck", "student", "generators"):
+            getattr(model, part).load_state_dict(state[part])
+    except (RuntimeError, KeyError) as error:
+        raise InputError(f"The checkpoint {path} does not fit this model "
                          f"({type(error).__name__}: {str(error).splitlines()[0]}).") from None
-    return state
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Speed of three ways to run MRKD on the current device: python -m utils.benchmark [--flags].
+"""Speed of three ways to run MRKD on the current device: python -m model.benchmark [--flags].
 
 (a) authors: the loop as the authors' code runs it: fp32, the teacher run twice (clean,
     then augmented images), evaluation one image at a time with the map blurred on the
@@ -27,10 +27,12 @@ from skimage import measure
 from sklearn.metrics import auc, roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from model import MRKD, build_model
+from main import CONSTANTS
+from model import MRKD, build_model, mrkd_objective
+from model.engine import Execution, Scoring, execution_for, pick_device, predict, train_epoch
 from model.loss import distillation_loss
 from utils import metrics
-from utils.engine import Execution, Objective, Scoring, execution_for, pick_device, predict, train_epoch
+from utils.config import bundle
 
 VARIANTS = {"a": "(a) authors", "b": "(b) faithful", "c": "(c) fast"}
 
@@ -62,8 +64,7 @@ def authors_train_step(model: MRKD, optimizer: torch.optim.Optimizer, clean: tor
     clean, augmented = clean.to(device), augmented.to(device)
     target = model.teacher(clean)
     inputs = model.teacher(augmented)  # a second teacher pass
-    restored = model.restore(model.student(model.bottleneck(inputs)))
-    loss = distillation_loss(target, restored)
+    loss = distillation_loss(target, model.decode(inputs))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -93,7 +94,7 @@ def authors_evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, label
         target, restored = model(image[None].to(device))
         amap = sum(F.interpolate((1 - F.cosine_similarity(t, g))[:, None], size=size, mode="bilinear",
                                  align_corners=True) for t, g in zip(target, restored))
-        amap = gaussian_filter(amap[0, 0].cpu().numpy(), sigma=4)
+        amap = gaussian_filter(amap[0, 0].cpu().numpy(), sigma=CONSTANTS["SIGMA"])
         pixel_labels.extend(mask.astype(int).ravel())
         pixel_scores.extend(amap.ravel())
         image_scores.append(amap.max())
@@ -103,12 +104,11 @@ def authors_evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, label
 
 
 def evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, labels: np.ndarray, device: torch.device,
-             size: int, batch: int, execution: Execution) -> tuple[float, float, float, float]:
-    """The four metrics of this project's evaluation, batched on the device."""
+             size: int, batch: int, execution: Execution) -> dict[str, float]:
+    """The four metrics of this project's evaluation, batched on the device, with main.py's scoring constants."""
     loader = DataLoader(TensorDataset(images), batch_size=batch, pin_memory=device.type == "cuda")
-    scores, maps = predict(model, loader, device, Scoring(size), execution)
-    return (metrics.image_auroc(labels, scores), metrics.pixel_auroc(masks, maps),
-            metrics.aupro(masks, maps), metrics.aupro_per_image(masks, maps))
+    scores, maps = predict(model, loader, device, bundle(Scoring, {**CONSTANTS, "IMAGE_SIZE": size}), execution)
+    return metrics.evaluate(labels, scores, masks, maps)
 
 
 def synchronize(device: torch.device) -> None:
@@ -121,13 +121,13 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
     torch.manual_seed(0)
     device = pick_device(options.device)
     execution = execution_for(device, fast=variant == "c")
-    model = build_model(options.backbone, weights=None).to(device)
+    model = build_model(options.backbone, None, CONSTANTS["FLM_RATIO"], True, CONSTANTS["BOTTLENECK"]).to(device)
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if options.compile and variant == "c":
         for part in (model.teacher, model.bottleneck, model.student, *model.generators):
             part.compile()
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=0.005, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=CONSTANTS["LEARNING_RATE"], betas=CONSTANTS["BETAS"])
     batches = synthetic_batches(options.warmup + options.steps, options.batch, options.size, device.type == "cuda")
 
     def train(chunk):
@@ -136,7 +136,7 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
             for clean, augmented in chunk:
                 authors_train_step(model, optimizer, clean, augmented, device)
         else:
-            train_epoch(model, chunk, optimizer, device, Objective(), None, execution)
+            train_epoch(model, chunk, optimizer, device, mrkd_objective, None, execution)
 
     train(batches[:options.warmup])
     synchronize(device)
@@ -178,9 +178,9 @@ def describe(device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--backbone", default="wide_resnet50_2")
-    parser.add_argument("--size", type=int, default=256, help="image side (the paper: 256)")
-    parser.add_argument("--batch", type=int, default=16, help="batch size (the paper: 16)")
+    parser.add_argument("--backbone", default=CONSTANTS["BACKBONE"])
+    parser.add_argument("--size", type=int, default=CONSTANTS["IMAGE_SIZE"], help="image side (main.py's IMAGE_SIZE)")
+    parser.add_argument("--batch", type=int, default=CONSTANTS["BATCH_SIZE"], help="batch size (main.py's BATCH_SIZE)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--eval_images", type=int, default=150, help="test images of the evaluated category")

@@ -1,4 +1,4 @@
-"""Time NSA synthesis on one CPU thread: python -m utils.benchmark_nsa [--size 256 --count 200].
+"""Time NSA synthesis on one CPU thread: python -m dataset.benchmark_nsa [--size 256 --count 200].
 
 Prints images per second for a texture category (carpet) and an object
 category with background checks (bottle), in every blending mode.
