@@ -124,10 +124,18 @@ def draw_half_widths(height: int, width: int, params: NSAParams, rng: np.random.
     the pixel bounds of half_width_bounds, then truncated to an integer, not
     rounded (authors' implementation).
     """
-    fractions = GAMMA_OFFSET + rng.gamma(GAMMA_SHAPE, GAMMA_SCALE, size=2)
-    bounds = half_width_bounds(params, height, width)
-    half_h, half_w = (int(np.clip(fraction * side, low, high))
-                      for fraction, (low, high), side in zip(fractions, bounds, (height, width)))
+    return _draw_half_widths(height, width, half_width_bounds(params, height, width), rng)
+
+
+def _draw_half_widths(
+    height: int, width: int, bounds: tuple[tuple[int, int], tuple[int, int]], rng: np.random.Generator
+) -> tuple[int, int]:
+    """draw_half_widths with the pixel bounds already computed."""
+    gamma_h, gamma_w = rng.gamma(GAMMA_SHAPE, GAMMA_SCALE, size=2).tolist()
+    (low_h, high_h), (low_w, high_w) = bounds
+    # Python floats and min/max: ~10x faster than np.clip on scalars.
+    half_h = int(min(max((GAMMA_OFFSET + gamma_h) * height, low_h), high_h))
+    half_w = int(min(max((GAMMA_OFFSET + gamma_w) * width, low_w), high_w))
     return half_h, half_w
 
 
@@ -201,7 +209,8 @@ def _draw_source(
     [centre - half, centre + half) is then clipped to the image, so a large patch
     near the border is cut (authors' implementation).
     """
-    center_y, center_x = (int(c) for c in rng.integers((low_h, low_w), (height - low_h, width - low_w)))
+    # Two scalar draws: ~3x faster than one draw of a pair.
+    center_y, center_x = int(rng.integers(low_h, height - low_h)), int(rng.integers(low_w, width - low_w))
     top, left = max(center_y - half_h, 0), max(center_x - half_w, 0)
     return top, left, min(center_y + half_h, height) - top, min(center_x + half_w, width) - left
 
@@ -214,10 +223,9 @@ def _draw_destination(height: int, width: int, patch_h: int, patch_w: int, rng: 
     patch_h // 2 above it. The box therefore never touches the image's first or
     last row or column.
     """
-    center_y, center_x = rng.integers(
-        (patch_h // 2 + 1, patch_w // 2 + 1), (height - patch_h // 2 - 1, width - patch_w // 2 - 1)
-    )
-    return int(center_y) - patch_h // 2, int(center_x) - patch_w // 2
+    center_y = int(rng.integers(patch_h // 2 + 1, height - patch_h // 2 - 1))
+    center_x = int(rng.integers(patch_w // 2 + 1, width - patch_w // 2 - 1))
+    return center_y - patch_h // 2, center_x - patch_w // 2
 
 
 def find_patch(
@@ -234,8 +242,9 @@ def find_patch(
     (authors' implementation).
     """
     height, width = image_shape
-    half_h, half_w = draw_half_widths(height, width, params, rng)
-    (low_h, _), (low_w, _) = half_width_bounds(params, height, width)
+    bounds = half_width_bounds(params, height, width)
+    half_h, half_w = _draw_half_widths(height, width, bounds, rng)
+    (low_h, _), (low_w, _) = bounds
     for _ in range(MAX_TRIES):
         top, left, patch_h, patch_w = _draw_source(height, width, half_h, half_w, low_h, low_w, rng)
         if objects is None:

@@ -194,10 +194,11 @@ def expected_texture_patch(size: int, params: NSAParams, seed: int) -> tuple[int
     (low_h, high_h), (low_w, high_w) = [(round(low * size), round(high * size)) for low, high in params.width_bounds]
     fractions = 0.03 + rng.gamma(2.0, 0.05, size=2)
     half_h, half_w = int(np.clip(fractions[0] * size, low_h, high_h)), int(np.clip(fractions[1] * size, low_w, high_w))
-    center_y, center_x = rng.integers((low_h, low_w), (size - low_h, size - low_w))
+    center_y, center_x = rng.integers(low_h, size - low_h), rng.integers(low_w, size - low_w)
     top, left = max(center_y - half_h, 0), max(center_x - half_w, 0)
     height, width = min(center_y + half_h, size) - top, min(center_x + half_w, size) - left
-    dest_y, dest_x = rng.integers((height // 2 + 1, width // 2 + 1), (size - height // 2 - 1, size - width // 2 - 1))
+    dest_y = rng.integers(height // 2 + 1, size - height // 2 - 1)
+    dest_x = rng.integers(width // 2 + 1, size - width // 2 - 1)
     return height, width, top, left, dest_y - height // 2, dest_x - width // 2
 
 
