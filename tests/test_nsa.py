@@ -180,7 +180,8 @@ def test_patch_size_is_drawn_once_and_only_the_location_is_redrawn():
         assert rng.calls["gamma"] == 1
         location_draws.append(rng.calls["integers"])
         assert placement is not None
-        # The accepted patch has the first draw's size (cut only at the border).
+        # The accepted patch has the first draw's size: the small disk lies far
+        # from the border, so no accepted patch is cut.
         assert (placement.height, placement.width) == (2 * first_size[0], 2 * first_size[1])
     assert min(location_draws) >= 2 and max(location_draws) > 5
 
@@ -203,7 +204,7 @@ def expected_texture_patch(size: int, params: NSAParams, seed: int) -> tuple[int
 
 
 def test_source_patches_are_cut_at_the_border_and_pasted_whole():
-    # Seed 3: half-widths (31, 13), centre (6, 5): the source box is cut to
+    # Seed 3: half-widths (31, 13), centre (6, 11): the source box is cut to
     # rows [0, 37) and columns [0, 24), and pasted whole at (20, 31).
     params = NSAParams(((0.03, 0.4), (0.03, 0.4)), 1)
     image = noise_image()
