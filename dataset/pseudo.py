@@ -10,8 +10,9 @@ import numpy as np
 # Patch sides for 256 x 256 images: (probability, smallest, largest side in pixels),
 # drawn uniformly within the chosen range (DRD's public implementation).
 SIDE_RANGES = ((0.2, 150, 200), (0.3, 64, 100), (0.5, 10, 32))
-# The pasted patch is patch + DESTINATION_WEIGHT x the pixels it covers, in [0, 1]
-# before clipping (DRD's public implementation).
+# The pasted patch is patch + DESTINATION_WEIGHT x the pixels it covers, on images
+# scaled to [0, 1], neither clipped nor quantised: pasted pixels reach 1.2 (DRD's
+# public implementation).
 DESTINATION_WEIGHT = 0.2
 # The image side SIDE_RANGES are given for (DRD's public implementation).
 REFERENCE_SIDE = 256
@@ -39,11 +40,12 @@ def drd_pseudo_anomaly(image: np.ndarray, rng: np.random.Generator) -> tuple[np.
     """DRD's pseudo-abnormal image of one normal image.
 
     A t x t patch is cut from the image at a random source and pasted at an
-    independently drawn destination as clip(patch + 0.2 x destination, 0, 1),
-    computed in [0, 1] floats and rounded back to uint8.
+    independently drawn destination as patch + 0.2 x destination, on the image
+    scaled to [0, 1] as float32. As in DRD the sum is neither clipped nor
+    rounded: pasted pixels lie in [0, 1.2].
     image: (H, W, 3) uint8, left unmodified.
-    Returns (pseudo-abnormal (H, W, 3) uint8, mask (H, W) bool of exactly the
-    pixels that changed).
+    Returns (pseudo-abnormal (H, W, 3) float32 on the scale of image / 255, mask
+    (H, W) bool of exactly the pixels that changed).
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
@@ -54,10 +56,10 @@ def drd_pseudo_anomaly(image: np.ndarray, rng: np.random.Generator) -> tuple[np.
     src_top, src_left = _draw_corner(height, width, side, rng)
     dst_top, dst_left = _draw_corner(height, width, side, rng)
 
-    patch = image[src_top:src_top + side, src_left:src_left + side] / 255.0             # (t, t, 3)
-    covered = image[dst_top:dst_top + side, dst_left:dst_left + side] / 255.0           # (t, t, 3)
-    blended = np.clip(patch + DESTINATION_WEIGHT * covered, 0.0, 1.0)
-    result = image.copy()
-    result[dst_top:dst_top + side, dst_left:dst_left + side] = np.rint(blended * 255).astype(np.uint8)
-    changed = result != image  # (H, W, 3)
+    scaled = image.astype(np.float32) / 255.0                                   # (H, W, 3) in [0, 1]
+    patch = scaled[src_top:src_top + side, src_left:src_left + side]           # (t, t, 3)
+    covered = scaled[dst_top:dst_top + side, dst_left:dst_left + side]         # (t, t, 3)
+    result = scaled.copy()
+    result[dst_top:dst_top + side, dst_left:dst_left + side] = patch + DESTINATION_WEIGHT * covered
+    changed = result != scaled  # (H, W, 3)
     return result, changed[..., 0] | changed[..., 1] | changed[..., 2]

@@ -44,8 +44,9 @@ def residual_stage(block: Block, in_channels: int, planes: int, blocks: int, wid
 def init_weights(module: nn.Module) -> None:
     """torchvision's ResNet initialisation, as RD4AD and the authors use it.
 
-    Kaiming-normal (fan_out) for Conv2d, BN weight 1 and bias 0; ConvTranspose2d keeps
-    PyTorch's default, as in the authors' code (their loop only matches nn.Conv2d).
+    Kaiming-normal (fan_out) for Conv2d weights, BN weight 1 and bias 0; conv biases (G's)
+    and ConvTranspose2d keep PyTorch's default, as in the authors' code (their loop only
+    matches nn.Conv2d and sets no conv bias).
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):

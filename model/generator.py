@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.blocks import init_weights
+
 
 def flm_mask(features: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Feature-level mask M^l, Eq. (2).
@@ -21,13 +23,19 @@ def flm_mask(features: torch.Tensor, ratio: float, generator: torch.Generator | 
 
 
 class Generator(nn.Module):
-    """G^l = W2(ReLU(W1(.))), two 3x3 convs with bias keeping C channels, Eq. (3)."""
+    """G^l = W2(ReLU(W1(.))), two 3x3 convs with bias keeping C channels, Eq. (3).
+
+    Weights are Kaiming-normal (fan_out, relu), std sqrt(2 / (9 C)), like every conv
+    of B and S: the authors build G inside their decoder, before its init loop runs.
+    Biases keep PyTorch's default, uniform in +-1 / sqrt(9 C) (authors' implementation).
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        init_weights(self)
 
     def forward(self, f_s: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """f_S^l (B, C, H, W) -> f_G^l = G(f_S^l * M^l) (B, C, H, W), Eq. (2)-(3)."""

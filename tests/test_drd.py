@@ -159,8 +159,10 @@ def test_pseudo_anomaly_is_deterministic_per_seed_and_masks_exactly_the_changed_
     assert np.array_equal(image, original)
     assert np.array_equal(first, second) and np.array_equal(mask, mask_again)
     assert not np.array_equal(first, other)
-    assert first.dtype == np.uint8 and mask.dtype == bool and mask.any()
-    assert np.array_equal(mask, (first != image).any(axis=2))
+    assert first.dtype == np.float32 and mask.dtype == bool and mask.any()
+    scaled = image.astype(np.float32) / 255
+    assert np.array_equal(mask, (first != scaled).any(axis=2))
+    assert np.array_equal(first[~mask], scaled[~mask])  # the rest is the image on the [0, 1] scale
 
 
 def test_pseudo_patch_sides_fall_in_the_three_ranges_at_256_pixels():
@@ -190,9 +192,21 @@ def test_pseudo_patch_is_a_patch_of_the_image_plus_a_fifth_of_the_destination(se
     image = banded_image(64, seed)
     pseudo, mask = drd_pseudo_anomaly(image, np.random.default_rng(seed))
     top, left, side = pasted_square(mask)
-    destination = image[top:top + side, left:left + side].astype(np.float64)
-    windows = np.lib.stride_tricks.sliding_window_view(image, (side, side), axis=(0, 1))  # (., ., 3, t, t)
-    windows = windows.transpose(0, 1, 3, 4, 2).astype(np.float64)                        # (., ., t, t, 3)
-    blended = np.rint(np.clip(windows + 0.2 * destination, 0, 255))
-    matches = (blended == pseudo[top:top + side, left:left + side]).all(axis=(2, 3, 4))
+    scaled = image.astype(np.float64) / 255
+    destination = scaled[top:top + side, left:left + side]
+    windows = np.lib.stride_tricks.sliding_window_view(scaled, (side, side), axis=(0, 1))  # (., ., 3, t, t)
+    windows = windows.transpose(0, 1, 3, 4, 2)                                            # (., ., t, t, 3)
+    blended = windows + 0.2 * destination
+    matches = (np.abs(blended - pseudo[top:top + side, left:left + side]) < 1e-6).all(axis=(2, 3, 4))
     assert matches.any()
+
+
+def test_pseudo_patch_is_neither_clipped_nor_quantised():
+    # Bright pixels: patch + 0.2 x destination exceeds 1 everywhere in the pasted square.
+    image = np.random.default_rng(0).integers(230, 256, (64, 64, 3), dtype=np.uint8)
+    pseudo, mask = drd_pseudo_anomaly(image, np.random.default_rng(1))
+    pasted = pseudo[mask]                                           # (n, 3)
+    assert pasted.min() > 1.0 and pasted.max() > 1.15 and pasted.max() <= 1.2 + 1e-6
+    # Rounded to uint8 levels, the values would be multiples of 1 / 255.
+    levels = pasted.astype(np.float64) * 255
+    assert np.abs(levels - np.rint(levels)).mean() > 0.1

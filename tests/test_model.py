@@ -1,4 +1,5 @@
 """Networks, FLM, loss and anomaly map (issue: foundation)."""
+import math
 from urllib.error import URLError
 
 import numpy as np
@@ -41,6 +42,27 @@ def test_output_shapes_follow_the_backbone(backbone, channels, wide):
     assert [tuple(f.shape) for f in teacher] == expected
     assert [tuple(f.shape) for f in restored] == expected
     assert [g.conv1.in_channels for g in model.generators] == list(channels)
+
+
+def test_generator_weights_are_kaiming_normal_fan_out_and_biases_keep_the_default(wide):
+    # The authors' decoder init loop reaches G's convs: weights N(0, 2 / fan_out),
+    # fan_out = C x 3 x 3. PyTorch's default (kaiming-uniform, a = sqrt(5)) has a
+    # std sqrt(6) times smaller and no values beyond 1.73 std.
+    for generator, channels in zip(wide.generators, (256, 512, 1024)):
+        for conv in (generator.conv1, generator.conv2):
+            weight = conv.weight.detach().double()
+            std = math.sqrt(2 / (channels * 9))
+            # n >= 256 x 256 x 9 = 589,824 weights: the sample std's relative standard
+            # error is 1 / sqrt(2n) < 0.001, and that of the tail share below 0.0003.
+            assert weight.std().item() == pytest.approx(std, rel=0.01)
+            assert weight.mean().item() == pytest.approx(0, abs=0.01 * std)
+            assert (weight.abs() > 2 * std).double().mean().item() == pytest.approx(0.0455, abs=0.003)
+            # Bias: PyTorch's default, uniform in +-1 / sqrt(fan_in), fan_in = C x 3 x 3.
+            bound = 1 / math.sqrt(channels * 9)
+            bias = conv.bias.detach().double()
+            assert bias.abs().max().item() <= bound and bias.abs().max().item() > 0.9 * bound
+            # >= 256 uniform values: the std's relative standard error is under 0.03.
+            assert bias.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.15)
 
 
 def test_teacher_is_frozen_and_optimiser_sees_exactly_the_trained_parts(wide):

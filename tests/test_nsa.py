@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 
+from dataset import demo
 from dataset.nsa import (
     CATEGORY_PARAMS,
     MODES,
     TEXTURE_DEFAULTS,
     NSAParams,
     draw_half_widths,
+    find_patch,
+    half_width_bounds,
     has_constants,
     object_mask,
     params_for,
@@ -61,6 +64,12 @@ def test_table_and_defaults():
     assert TEXTURE_DEFAULTS.num_patches == 4 and TEXTURE_DEFAULTS.background is None
     metal_nut = params_for("metal_nut")
     assert metal_nut == NSAParams(((0.01, 0.05), (0.01, 0.01)), 1, (20, 20), 0.5, 0.25)
+
+
+def test_demo_categories_have_the_texture_defaults_as_their_constants():
+    for category in demo.CATEGORIES:
+        assert has_constants(category)
+        assert params_for(category) == TEXTURE_DEFAULTS
 
 
 def test_unknown_category_uses_texture_defaults():
@@ -123,9 +132,108 @@ def test_pasted_region_size_respects_bounds():
         rows, cols = np.nonzero(mask)
         heights.append(rows.max() - rows.min() + 1)
         widths.append(cols.max() - cols.min() + 1)
-    # Patches span 2 x half-width, half-widths rounded from fractions of the side.
+    # Patches span at most 2 x the largest half-width. A patch cut at the border
+    # keeps at least 2 x the smallest: its centre is at least that far inside.
     assert 2 * round(0.05 * SIZE) <= min(heights) and max(heights) <= 2 * round(0.1 * SIZE)
     assert 2 * round(0.15 * SIZE) <= min(widths) and max(widths) <= 2 * round(0.2 * SIZE)
+
+
+def test_half_widths_are_truncated_after_clipping_to_rounded_bounds():
+    params = params_for("carpet")
+    assert half_width_bounds(params, 256, 256) == ((8, 102), (8, 102))  # 7.68 -> 8, 102.4 -> 102
+    truncated_differs_from_rounded = 0
+    for seed in range(200):
+        fractions = 0.03 + np.random.default_rng(seed).gamma(2.0, 0.05, size=2)
+        expected = np.clip(fractions * 256, 8, 102)
+        assert draw_half_widths(256, 256, params, np.random.default_rng(seed)) == tuple(int(e) for e in expected)
+        truncated_differs_from_rounded += int(expected[0]) != round(expected[0])
+    assert truncated_differs_from_rounded > 50
+    # Toothbrush's bound of 0.01 x 256 = 2.56 px is rounded to 3 before clipping;
+    # truncating the fraction times the side instead would give 2.
+    toothbrush = params_for("toothbrush")
+    assert {draw_half_widths(256, 256, toothbrush, np.random.default_rng(seed)) for seed in range(20)} == {(3, 3)}
+
+
+class CountingRng:
+    """A numpy Generator that counts the calls of each of its methods."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return getattr(self.rng, name)
+
+
+def test_patch_size_is_drawn_once_and_only_the_location_is_redrawn():
+    # A small disk: most source locations fail the 70 % object check.
+    image, disk = disk_image()
+    small = np.hypot(*(np.mgrid[:SIZE, :SIZE] - SIZE / 2)) < 0.15 * SIZE
+    image = np.where((disk & ~small)[..., None], 200, image).astype(np.uint8)
+    params = NSAParams(((0.05, 0.1), (0.05, 0.1)), 1, BACKGROUND, 0.7, 0.25)
+    location_draws = []
+    for seed in range(10):
+        rng = CountingRng(seed)
+        first_size = draw_half_widths(SIZE, SIZE, params, np.random.default_rng(seed))
+        placement = find_patch((SIZE, SIZE), params, object_mask(image, BACKGROUND), rng)
+        assert rng.calls["gamma"] == 1
+        location_draws.append(rng.calls["integers"])
+        assert placement is not None
+        # The accepted patch has the first draw's size: the small disk lies far
+        # from the border, so no accepted patch is cut.
+        assert (placement.height, placement.width) == (2 * first_size[0], 2 * first_size[1])
+    assert min(location_draws) >= 2 and max(location_draws) > 5
+
+
+def expected_texture_patch(size: int, params: NSAParams, seed: int) -> tuple[int, int, int, int, int, int]:
+    """The authors' geometry for one texture patch, drawn from the same stream as nsa.py draws it.
+
+    Returns (height, width, source top, source left, destination top, destination left).
+    """
+    rng = np.random.default_rng(seed)
+    (low_h, high_h), (low_w, high_w) = [(round(low * size), round(high * size)) for low, high in params.width_bounds]
+    fractions = 0.03 + rng.gamma(2.0, 0.05, size=2)
+    half_h, half_w = int(np.clip(fractions[0] * size, low_h, high_h)), int(np.clip(fractions[1] * size, low_w, high_w))
+    center_y, center_x = rng.integers(low_h, size - low_h), rng.integers(low_w, size - low_w)
+    top, left = max(center_y - half_h, 0), max(center_x - half_w, 0)
+    height, width = min(center_y + half_h, size) - top, min(center_x + half_w, size) - left
+    dest_y = rng.integers(height // 2 + 1, size - height // 2 - 1)
+    dest_x = rng.integers(width // 2 + 1, size - width // 2 - 1)
+    return height, width, top, left, dest_y - height // 2, dest_x - width // 2
+
+
+def test_source_patches_are_cut_at_the_border_and_pasted_whole():
+    # Seed 3: half-widths (31, 13), centre (6, 11): the source box is cut to
+    # rows [0, 37) and columns [0, 24), and pasted whole at (20, 31).
+    params = NSAParams(((0.03, 0.4), (0.03, 0.4)), 1)
+    image = noise_image()
+    assert draw_half_widths(SIZE, SIZE, params, np.random.default_rng(3)) == (31, 13)
+    assert expected_texture_patch(SIZE, params, 3) == (37, 24, 0, 0, 20, 31)
+    for mode in MODES:
+        augmented, mask = synthesize_with(image, params, np.random.default_rng(3), mode)
+        expected_mask = np.zeros((SIZE, SIZE), dtype=bool)
+        expected_mask[20:57, 31:55] = True
+        np.testing.assert_array_equal(mask, expected_mask & np.any(augmented != image, axis=2))
+        assert mask[20:57, 31:55].mean() > 0.9
+        if mode == "swap":
+            np.testing.assert_array_equal(augmented[20:57, 31:55], image[:37, :24])
+            np.testing.assert_array_equal(mask, expected_mask)
+
+    cut = 0
+    for seed in range(60):
+        height, width, top, left, dst_top, dst_left = expected_texture_patch(SIZE, params, seed)
+        half_h, half_w = draw_half_widths(SIZE, SIZE, params, np.random.default_rng(seed))
+        cut += (height, width) != (2 * half_h, 2 * half_w)
+        # The destination holds the whole cut box and never touches the border.
+        assert 1 <= dst_top and dst_top + height <= SIZE - 1 and 1 <= dst_left and dst_left + width <= SIZE - 1
+        augmented, mask = synthesize_with(image, params, np.random.default_rng(seed))
+        np.testing.assert_array_equal(augmented[dst_top:dst_top + height, dst_left:dst_left + width],
+                                      image[top:top + height, left:left + width])
+        box = np.zeros((SIZE, SIZE), dtype=bool)
+        box[dst_top:dst_top + height, dst_left:dst_left + width] = True
+        np.testing.assert_array_equal(mask, box)  # colour noise: every pasted pixel changes
+    assert cut >= 10
 
 
 def test_object_mask_matches_known_object():
