@@ -153,6 +153,37 @@ def test_defect_without_mask_names_file(tmp_path):
     assert "001_mask.<png|" in str(error.value)
 
 
+def test_every_missing_mask_of_a_category_is_reported_at_once(tmp_path):
+    folder = _mvtec(tmp_path)
+    for defect, name in [("crack", "000"), ("crack", "001"), ("broken", "000")]:
+        (folder / "ground_truth" / defect / f"{name}_mask.png").unlink()
+    with pytest.raises(InputError) as error:
+        category_files("mvtec", tmp_path, "bottle")
+    lines = str(error.value).splitlines()
+    assert lines[0] == "3 defect images have no ground-truth mask; add these files:"
+    assert [line.split()[2] for line in lines[1:]] == [
+        str(folder / "test" / defect / f"{name}.png")
+        for defect, name in [("broken", "000"), ("crack", "000"), ("crack", "001")]]
+
+
+def test_mask_suffix_case_is_ignored(tmp_path):
+    folder = _mvtec(tmp_path / "mvtec")
+    upper = folder / "ground_truth" / "crack" / "001_mask.PNG"
+    (folder / "ground_truth" / "crack" / "001_mask.png").rename(upper)
+    assert category_files("mvtec", tmp_path / "mvtec", "bottle").test[2].mask == upper
+
+    btad = tmp_path / "btad" / "01"
+    _write(btad / "train" / "ok" / "0000.bmp", _noise(0))
+    _write(btad / "test" / "ko" / "0000.BMP", _noise(1))
+    upper = _write(btad / "ground_truth" / "ko" / "0000.PNG", _mask())
+    assert category_files("btad", tmp_path / "btad", "01").test[0].mask == upper
+
+    mtd = _mtd(tmp_path / "mtd")
+    upper = mtd / "MT_Crack" / "Imgs" / "MT_Crack_1.PNG"
+    (mtd / "MT_Crack" / "Imgs" / "MT_Crack_1.png").rename(upper)
+    assert category_files("mtd", mtd, "mtd").test[-1].mask == upper
+
+
 def test_test_folder_without_images(tmp_path):
     folder = _mvtec(tmp_path)
     (folder / "test" / "scratch").mkdir()
