@@ -233,13 +233,40 @@ def test_grayscale_becomes_rgb(tmp_path):
     assert (image[..., 0] == gray).all() and (image[..., 1] == gray).all() and (image[..., 2] == gray).all()
 
 
-def test_mask_nearest_and_binarised(tmp_path):
-    mask = np.zeros((4, 4), dtype=np.uint8)
-    mask[:, :2] = 128  # just above one half
-    mask[:, 2:] = 127
+@pytest.mark.parametrize("anomalous", [1, 255, 65535])
+def test_mask_nearest_and_any_one_value_anomalous(tmp_path, anomalous):
+    mask = np.zeros((4, 4), dtype=np.uint16 if anomalous > 255 else np.uint8)
+    mask[:, :2] = anomalous
     loaded = images.load_mask(_write(tmp_path / "m.png", mask), 8)
     assert loaded.dtype == bool
     assert loaded[:, :4].all() and not loaded[:, 4:].any()
+
+
+def test_mask_that_is_not_binary_is_an_error_naming_it(tmp_path):
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[:, :2], mask[:, 2] = 255, 128  # an antialiased edge
+    path = _write(tmp_path / "m.png", mask)
+    with pytest.raises(InputError) as error:
+        images.load_mask(path, 8)
+    assert str(error.value) == (
+        f"Mask {path} is not binary (3 values: 0, 128, 255); save it with 0 for normal pixels and one"
+        " value (1 or 255) for anomalous ones."
+    )
+
+
+@pytest.mark.parametrize("values, suffix", [
+    (np.linspace(0, 65535, 256).round().astype(np.uint16), ".png"),  # PIL mode I;16
+    (np.linspace(0, 65535, 256).round().astype(">u2"), ".tif"),  # I;16B
+    (np.linspace(0, 2**31 - 1, 256).round().astype(np.int32), ".tif"),  # I, 32-bit
+])
+def test_high_bit_depth_grayscale_is_scaled_to_eight_bits(tmp_path, values, suffix):
+    path = _write(tmp_path / f"deep{suffix}", values.reshape(16, 16))
+    with Image.open(path) as stored:
+        assert stored.mode in ("I;16", "I;16B", "I")
+    image = images.load_image(path, 16)
+    expected = np.arange(256, dtype=np.uint8).reshape(16, 16)  # the ramp, 0 to 255
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], expected)
 
 
 def test_test_images(tmp_path):
