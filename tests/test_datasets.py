@@ -1,6 +1,7 @@
 """File discovery, image loading and the training/test datasets, on tiny fake folders."""
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset import folders, images
+from dataset import demo, folders, images
+from dataset.check import check_files
 from dataset.folders import category_files
 from dataset.images import EpochSampler, TestImages, TrainImages
 from utils.errors import InputError
@@ -216,6 +218,81 @@ def test_unreadable_image_names_file(tmp_path, damage):
         TrainImages(files.train, "bottle", 16)
 
 
+# ---- every file checked before training ------------------------------------
+
+@pytest.fixture
+def demo_copy(tmp_path, demo_dir) -> Path:
+    """A copy of the demo dataset (MVTec layout, two categories) that a test may damage."""
+    demo.make_demo_dataset(demo_dir)
+    return Path(shutil.copytree(demo_dir, tmp_path / "data"))
+
+
+def _all_files(root: Path) -> dict[str, folders.CategoryFiles]:
+    return {category: category_files("mvtec", root, category) for category in demo.CATEGORIES}
+
+
+def test_check_files_passes_good_data_and_masks_of_zeros_and_ones(demo_copy):
+    mask = demo_copy / "demo_texture" / "ground_truth" / "scratch" / "000_mask.png"
+    before = TestImages(_all_files(demo_copy)["demo_texture"].test, 32).masks
+    assert before.any()
+    _write(mask, (images.read_mask(mask) > 0).astype(np.uint8))  # 0/255 -> 0/1
+    files = _all_files(demo_copy)
+    check_files(files)
+    np.testing.assert_array_equal(TestImages(files["demo_texture"].test, 32).masks, before)
+
+
+def test_check_files_reports_every_problem_of_every_category_at_once(demo_copy):
+    texture, nut = demo_copy / "demo_texture", demo_copy / "demo_object"
+    truncated = texture / "train" / "good" / "001.png"
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    garbage = nut / "test" / "good" / "000.png"
+    garbage.write_bytes(b"not an image")
+    grey_edge = texture / "ground_truth" / "scratch" / "000_mask.png"
+    values = images.read_mask(grey_edge).copy()
+    values[0, 0] = 128
+    _write(grey_edge, values)
+    empty = _write(nut / "ground_truth" / "spot" / "001_mask.png", np.zeros((128, 128), dtype=np.uint8))
+    stretched = _write(nut / "ground_truth" / "color" / "002_mask.png", _mask(128)[:96])
+    broken_mask = nut / "ground_truth" / "missing" / "000_mask.png"
+    broken_mask.write_bytes(broken_mask.read_bytes()[:100])
+    with pytest.raises(InputError) as error:
+        check_files(_all_files(demo_copy), workers=2)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "6 problems in the dataset files; fix or replace each file named:"
+    assert len(lines) == 7
+    # In the order of the categories, then of their training and test files.
+    assert lines[1].startswith(f"  Cannot read image {truncated} (image file is truncated")
+    assert lines[2].startswith(f"  Mask {grey_edge} is not binary (3 values: 0, 128, 255);")
+    assert lines[3].startswith(f"  Mask {stretched} is 128x96 pixels but its image"
+                               f" {nut / 'test' / 'color' / '002.png'} is 128x128;")
+    assert lines[4].startswith(f"  Cannot read image {garbage} (")
+    assert lines[5].startswith(f"  Cannot read image {broken_mask} (")
+    assert lines[6].startswith(f"  Mask {empty} is empty (all 0) although {nut / 'test' / 'spot' / '001.png'}")
+
+
+def test_check_files_lists_at_most_twenty_problems(tmp_path):
+    folder = _mvtec(tmp_path, n_train=25)
+    for path in (folder / "train" / "good").iterdir():
+        path.write_bytes(b"")
+    with pytest.raises(InputError) as error:
+        check_files({"bottle": category_files("mvtec", tmp_path, "bottle")})
+    lines = str(error.value).splitlines()
+    assert lines[0] == "25 problems in the dataset files; fix or replace each file named:"
+    assert len(lines) == 22 and lines[-1] == "  ... and 5 more."
+    assert lines[20].startswith(f"  Cannot read image {folder / 'train' / 'good' / '019.png'} (")
+
+
+def test_check_files_gives_a_single_problem_as_one_sentence(tmp_path):
+    folder = _mvtec(tmp_path)
+    broken = folder / "test" / "crack" / "001.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(InputError) as error:
+        check_files({"bottle": category_files("mvtec", tmp_path, "bottle")})
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"Cannot read image {broken} (") and message.endswith("; replace or remove the file.")
+
+
 # ---- loading --------------------------------------------------------------
 
 def test_image_resized_and_normalised(tmp_path):
@@ -271,7 +348,7 @@ def test_high_bit_depth_grayscale_is_scaled_to_eight_bits(tmp_path, values, suff
 
 def test_test_images(tmp_path):
     folder = _mvtec(tmp_path)
-    # A mask larger than its image is resized like any other.
+    # TestImages resizes any mask; check_files reports one whose size differs from its image's.
     _write(folder / "ground_truth" / "broken" / "000_mask.png", _mask(64))
     files = category_files("mvtec", tmp_path, "bottle")
     dataset = TestImages(files.test, 16)
