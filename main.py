@@ -98,6 +98,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
 from dataset import CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
+from dataset.check import check_files  # noqa: E402
 from dataset.demo import make_demo_dataset  # noqa: E402
 from dataset.images import SYNTHESES  # noqa: E402
 from dataset.nsa import MODES as NSA_MODES  # noqa: E402
@@ -379,8 +380,9 @@ def run_categories(settings: Settings, results: Path, checkpoints: Path) -> list
     """Every category in turn; the table is rewritten after each, so nothing is lost on a crash."""
     run = settings.run
     categories = run.categories or DATASET_CATEGORIES[settings.training.dataset]
-    # The data of every category is checked before any work.
+    # Every file of every category is found and decoded before any work.
     files = {category: category_files(settings.training.dataset, run.data_dir, category) for category in categories}
+    check_files(files)
     device = pick_device(run.device)
     claim_folders(run, settings.constants, results, checkpoints)
     paper = paper_rows(run.method, settings.training, categories)

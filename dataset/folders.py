@@ -36,7 +36,10 @@ LAYOUTS = {
     " and <root>/<category>/ground_truth/ko/<name>.<png|bmp>",
     "mtd": "<root>/MT_Free/Imgs/*.jpg and <root>/MT_<defect>/Imgs/<name>.jpg with <name>.png masks",
 }
+# Suffixes are matched ignoring case (001.PNG, 001_mask.PNG), for images and masks alike.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# An error listing many files names at most this many, then says how many more.
+LISTED_PROBLEMS = 20
 
 # MTD ships no split. The paper follows [35]: 80% of the normal images, drawn at
 # random, for training; the rest and every defective image for testing. The
@@ -138,17 +141,21 @@ def _folder_files(folder: Path, normal: str, mask_suffix: str) -> CategoryFiles:
             " images and one per defect type."
         )
     test = []
+    missing = []  # every defect image without a mask, reported together
     for defect_folder in defect_folders:
         images = _images_in(defect_folder)
         if not images:
             raise InputError(f"Test folder {defect_folder} holds no images; add images or remove it.")
         defect = defect_folder.name
+        if defect == normal:
+            test += [TestSample(image, None, 0, defect) for image in images]
+            continue
+        mask_folder = folder / "ground_truth" / defect
+        masks = _files_by_lower_name(mask_folder)
         for image in images:
-            if defect == normal:
-                test.append(TestSample(image, None, 0, defect))
-            else:
-                mask_stem = folder / "ground_truth" / defect / (image.stem + mask_suffix)
-                test.append(TestSample(image, _mask_for(image, mask_stem), 1, defect))
+            mask = _mask_for(image, mask_folder / (image.stem + mask_suffix), masks, IMAGE_SUFFIXES, missing)
+            test.append(TestSample(image, mask, 1, defect))
+    _report_missing_masks(missing)
     return CategoryFiles(train, test)
 
 
@@ -168,6 +175,7 @@ def _mtd_files(root: Path) -> CategoryFiles:
     test = [
         TestSample(normals[i], None, 0, MTD_NORMAL_FOLDER) for i in sorted(order[n_train:])
     ]
+    missing: list[str] = []
     for defect_folder in _subfolders(root):
         if not defect_folder.name.startswith("MT_") or defect_folder.name == MTD_NORMAL_FOLDER:
             continue
@@ -177,23 +185,61 @@ def _mtd_files(root: Path) -> CategoryFiles:
                 f"Test folder {defect_folder / 'Imgs'} holds no .jpg images; add images or"
                 " remove the folder."
             )
+        masks = _files_by_lower_name(defect_folder / "Imgs")
         for image in images:
-            mask = _mask_for(image, image.with_suffix(""), suffixes=(".png",))
+            mask = _mask_for(image, image.with_suffix(""), masks, (".png",), missing)
             test.append(TestSample(image, mask, 1, defect_folder.name))
+    _report_missing_masks(missing)
     return CategoryFiles(train, test)
 
 
-def _mask_for(image: Path, mask_stem: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> Path:
-    """The existing file `mask_stem` + one of `suffixes`; an InputError if none exists."""
+def listed_error(summary: str, problems: list[str]) -> InputError:
+    """One InputError for a list of problems, each a sentence naming its file.
+
+    A single problem is the whole message; several follow `summary`, one a line,
+    the first LISTED_PROBLEMS of them, so that a user sees every broken file at once.
+    """
+    if len(problems) == 1:
+        return InputError(problems[0])
+    lines = [summary] + [f"  {problem}" for problem in problems[:LISTED_PROBLEMS]]
+    if len(problems) > LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - LISTED_PROBLEMS} more.")
+    return InputError("\n".join(lines))
+
+
+def _report_missing_masks(missing: list[str]) -> None:
+    if missing:
+        raise listed_error(f"{len(missing)} defect images have no ground-truth mask; add these files:", missing)
+
+
+def _mask_for(image: Path, mask_stem: Path, files: dict[str, Path], suffixes: tuple[str, ...],
+              missing: list[str]) -> Path | None:
+    """The file `mask_stem` + one of `suffixes` among `files` (by lower-cased name), or
+    None after appending to `missing` the sentence saying which name was expected."""
     for suffix in suffixes:
-        mask = mask_stem.with_name(mask_stem.name + suffix)
-        if mask.is_file():
+        mask = files.get((mask_stem.name + suffix).lower())
+        if mask is not None:
             return mask
     extensions = "|".join(suffix.lstrip(".") for suffix in suffixes)
-    raise InputError(
+    missing.append(
         f"Defect image {image} has no ground-truth mask; expected"
         f" {mask_stem.name}.<{extensions}> in {mask_stem.parent}."
     )
+    return None
+
+
+def _files_by_lower_name(folder: Path) -> dict[str, Path]:
+    """The files directly in `folder` keyed by lower-cased name (empty when it does not exist).
+
+    Of names that differ only in case, the first in sorted order is kept.
+    """
+    if not folder.is_dir():
+        return {}
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            files.setdefault(path.name.lower(), path)
+    return files
 
 
 def _images_in(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:

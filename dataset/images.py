@@ -25,33 +25,79 @@ _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
+# The modes PIL gives grayscale of more than 8 bits: 16-bit files (PNG, TIFF) and
+# "I", 32-bit signed integers. Converting them to "L" or "RGB" would clip, not scale.
+DEEP_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def load_image(path: Path, image_size: int) -> np.ndarray:
     """Decode an image as RGB, resized with antialiasing (the authors' Image.ANTIALIAS,
     i.e. LANCZOS). Returns (S, S, 3) uint8."""
-    return _decode(path, "RGB", image_size, Image.LANCZOS)
+    return np.asarray(read_rgb(path).resize((image_size, image_size), Image.LANCZOS))
 
 
 def load_mask(path: Path, image_size: int) -> np.ndarray:
-    """Decode a ground-truth mask, resized with nearest neighbour and binarised at 0.5.
-    Returns (S, S) bool."""
-    return _decode(path, "L", image_size, Image.NEAREST) > 127
+    """Decode a binary ground-truth mask (0 normal, any one other value anomalous, so
+    0/1 and 0/255 alike) and resize it with nearest neighbour. Returns (S, S) bool;
+    an InputError for a mask that is not binary."""
+    values = read_mask(path)
+    problem = mask_problem(path, values)
+    if problem:
+        raise InputError(problem)
+    anomalous = Image.fromarray((values != 0).astype(np.uint8) * 255)
+    return np.asarray(anomalous.resize((image_size, image_size), Image.NEAREST)) > 0
 
 
-def _decode(path: Path, mode: str, image_size: int, resample: int) -> np.ndarray:
-    """Open, fully decode (so that a truncated file fails here, with its name), convert
-    and resize one file. Returns (S, S) or (S, S, 3) uint8."""
+def read_rgb(path: Path) -> Image.Image:
+    """Decode a whole image (so that a truncated file fails here, with its name) as
+    8-bit RGB, at its own size; 16-bit grayscale is scaled down, not clipped."""
+    image = _open(path)
+    if image.mode in DEEP_GRAY_MODES:
+        values = np.asarray(image)  # (H, W) uint16 or int32
+        # 65535 / 257 = 255; "I" data that does not fit 16 bits is scaled by the int32 maximum.
+        scale = 257 if values.max() <= 65535 else (2**31 - 1) / 255
+        image = Image.fromarray(np.round(np.clip(values, 0, None) / scale).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Decode a whole mask at its own size. Returns (H, W) values: 16-bit and 32-bit
+    grayscale as stored, any other mode as 8-bit gray."""
+    image = _open(path)
+    if image.mode in DEEP_GRAY_MODES:
+        return np.asarray(image)
+    return np.asarray(image.convert("L"))
+
+
+def mask_problem(path: Path, values: np.ndarray) -> str | None:
+    """The sentence saying why the mask `values` (H, W) read from `path` is not binary,
+    i.e. holds more than 0 and one other value; None when it is binary (or all 0)."""
+    foreground = values[values != 0]
+    if (foreground == foreground[:1]).all():  # true for an empty foreground too
+        return None
+    levels = np.unique(values)
+    shown = ", ".join(str(level) for level in levels[:5]) + (", ..." if len(levels) > 5 else "")
+    return (f"Mask {path} is not binary ({len(levels)} values: {shown}); save it with 0 for normal"
+            " pixels and one value (1 or 255) for anomalous ones.")
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode one file; an InputError naming it when that fails."""
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image.convert(mode).resize((image_size, image_size), resample))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(f"Cannot read image {path} ({error}); replace or remove the file.") from None
+    return image
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32 normalised with the ImageNet mean and std."""
-    scaled = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255.0)
-    return (scaled - _MEAN) / _STD
+    """(H, W, 3) uint8, or float on the [0, 1] scale (DRD's pseudo-anomalies reach 1.2),
+    -> (3, H, W) float32 normalised with the ImageNet mean and std."""
+    scaled = image.transpose(2, 0, 1).astype(np.float32)
+    if image.dtype == np.uint8:
+        scaled /= 255.0
+    return (torch.from_numpy(scaled) - _MEAN) / _STD
 
 
 class EpochSampler(Sampler[int]):
@@ -149,9 +195,10 @@ SYNTHESES = ("nsa", "drd")
 
 def image_level_mask(image: np.ndarray, category: str, rng: np.random.Generator, alpha: float,
                      synthesis: str = "nsa", nsa_mode: str = "swap") -> np.ndarray:
-    """ILM's input x_a, (H, W, 3) uint8: with probability alpha (Table 6) a synthetic anomaly, else the image.
+    """ILM's input x_a, (H, W, 3): with probability alpha (Table 6) a synthetic anomaly, else the image.
 
-    synthesis "nsa": NSA as the authors configure it (Sec. 3.2); "drd": DRD's pasted patches.
+    synthesis "nsa": NSA as the authors configure it (Sec. 3.2), uint8; "drd": DRD's pasted
+    patches, float32 on the [0, 1] scale and unclipped (up to 1.2), as DRD computes them.
     """
     if rng.random() >= alpha:
         return image

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -29,24 +28,41 @@ def check_backbone(backbone: str) -> None:
 def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     """Load torchvision's ImageNet weights, or explain how to get them offline."""
     url = BACKBONES[backbone][1].url
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    was_cached = cached.is_file()  # then torch.hub only loads it: any error means it is damaged
     try:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True)
-    except (URLError, OSError, RuntimeError) as error:
+    except Exception as error:  # URLError, OSError, RuntimeError (hash) when downloading
+        if was_cached:
+            raise InputError(
+                f"The cached ImageNet weights file {cached} is damaged ({type(error).__name__}); "
+                f"delete it so that the next run downloads it again, or replace it with {url}."
+            ) from None
         raise InputError(
             f"Could not load the ImageNet weights for {backbone} ({type(error).__name__}: {error}); "
-            f"download {url} and put the file {os.path.basename(url)} in {folder}, "
+            f"download {url} and put the file {cached.name} in {cached.parent}, "
             f"or pass --weights=path/to/state_dict.pth, or run without them with --weights=none."
         ) from None
 
 
 def file_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Load a state dict saved with torch.save(model.state_dict(), path)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as error:
-        raise InputError(f"Could not read the backbone weights file {path} ({error}).") from None
+    except OSError as error:  # missing, a folder, no permission
+        raise InputError(
+            f"Could not read the backbone weights file {path} ({error}); check the path given to --weights."
+        ) from None
+    except Exception as error:  # torch.load raises many types for a file it cannot parse
+        raise InputError(
+            f"Could not read the backbone weights file {path} as a state dict ({type(error).__name__}); "
+            "save the weights with torch.save(model.state_dict(), path), not the whole model."
+        ) from None
     if not isinstance(state, dict):
-        raise InputError(f"The backbone weights file {path} holds no state dict.")
+        raise InputError(
+            f"The backbone weights file {path} holds a {type(state).__name__}, not a state dict; "
+            "save the weights with torch.save(model.state_dict(), path)."
+        )
     return state
 
 

@@ -15,3 +15,8 @@ def read_rows(path):
     """The rows of a results CSV as dicts of strings."""
     with open(path) as file:
         return list(csv.DictReader(file))
+
+
+def error_message(err):
+    """What main.py printed last on stderr, after any progress bar (tqdm redraws with \\r)."""
+    return err.split("\r")[-1]

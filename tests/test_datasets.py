@@ -1,6 +1,7 @@
 """File discovery, image loading and the training/test datasets, on tiny fake folders."""
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset import folders, images
+from dataset import demo, folders, images
+from dataset.check import check_files
 from dataset.folders import category_files
 from dataset.images import EpochSampler, TestImages, TrainImages
 from utils.errors import InputError
@@ -153,6 +155,37 @@ def test_defect_without_mask_names_file(tmp_path):
     assert "001_mask.<png|" in str(error.value)
 
 
+def test_every_missing_mask_of_a_category_is_reported_at_once(tmp_path):
+    folder = _mvtec(tmp_path)
+    for defect, name in [("crack", "000"), ("crack", "001"), ("broken", "000")]:
+        (folder / "ground_truth" / defect / f"{name}_mask.png").unlink()
+    with pytest.raises(InputError) as error:
+        category_files("mvtec", tmp_path, "bottle")
+    lines = str(error.value).splitlines()
+    assert lines[0] == "3 defect images have no ground-truth mask; add these files:"
+    assert [line.split()[2] for line in lines[1:]] == [
+        str(folder / "test" / defect / f"{name}.png")
+        for defect, name in [("broken", "000"), ("crack", "000"), ("crack", "001")]]
+
+
+def test_mask_suffix_case_is_ignored(tmp_path):
+    folder = _mvtec(tmp_path / "mvtec")
+    upper = folder / "ground_truth" / "crack" / "001_mask.PNG"
+    (folder / "ground_truth" / "crack" / "001_mask.png").rename(upper)
+    assert category_files("mvtec", tmp_path / "mvtec", "bottle").test[2].mask == upper
+
+    btad = tmp_path / "btad" / "01"
+    _write(btad / "train" / "ok" / "0000.bmp", _noise(0))
+    _write(btad / "test" / "ko" / "0000.BMP", _noise(1))
+    upper = _write(btad / "ground_truth" / "ko" / "0000.PNG", _mask())
+    assert category_files("btad", tmp_path / "btad", "01").test[0].mask == upper
+
+    mtd = _mtd(tmp_path / "mtd")
+    upper = mtd / "MT_Crack" / "Imgs" / "MT_Crack_1.PNG"
+    (mtd / "MT_Crack" / "Imgs" / "MT_Crack_1.png").rename(upper)
+    assert category_files("mtd", mtd, "mtd").test[-1].mask == upper
+
+
 def test_test_folder_without_images(tmp_path):
     folder = _mvtec(tmp_path)
     (folder / "test" / "scratch").mkdir()
@@ -185,6 +218,81 @@ def test_unreadable_image_names_file(tmp_path, damage):
         TrainImages(files.train, "bottle", 16)
 
 
+# ---- every file checked before training ------------------------------------
+
+@pytest.fixture
+def demo_copy(tmp_path, demo_dir) -> Path:
+    """A copy of the demo dataset (MVTec layout, two categories) that a test may damage."""
+    demo.make_demo_dataset(demo_dir)
+    return Path(shutil.copytree(demo_dir, tmp_path / "data"))
+
+
+def _all_files(root: Path) -> dict[str, folders.CategoryFiles]:
+    return {category: category_files("mvtec", root, category) for category in demo.CATEGORIES}
+
+
+def test_check_files_passes_good_data_and_masks_of_zeros_and_ones(demo_copy):
+    mask = demo_copy / "demo_texture" / "ground_truth" / "scratch" / "000_mask.png"
+    before = TestImages(_all_files(demo_copy)["demo_texture"].test, 32).masks
+    assert before.any()
+    _write(mask, (images.read_mask(mask) > 0).astype(np.uint8))  # 0/255 -> 0/1
+    files = _all_files(demo_copy)
+    check_files(files)
+    np.testing.assert_array_equal(TestImages(files["demo_texture"].test, 32).masks, before)
+
+
+def test_check_files_reports_every_problem_of_every_category_at_once(demo_copy):
+    texture, nut = demo_copy / "demo_texture", demo_copy / "demo_object"
+    truncated = texture / "train" / "good" / "001.png"
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    garbage = nut / "test" / "good" / "000.png"
+    garbage.write_bytes(b"not an image")
+    grey_edge = texture / "ground_truth" / "scratch" / "000_mask.png"
+    values = images.read_mask(grey_edge).copy()
+    values[0, 0] = 128
+    _write(grey_edge, values)
+    empty = _write(nut / "ground_truth" / "spot" / "001_mask.png", np.zeros((128, 128), dtype=np.uint8))
+    stretched = _write(nut / "ground_truth" / "color" / "002_mask.png", _mask(128)[:96])
+    broken_mask = nut / "ground_truth" / "missing" / "000_mask.png"
+    broken_mask.write_bytes(broken_mask.read_bytes()[:100])
+    with pytest.raises(InputError) as error:
+        check_files(_all_files(demo_copy), workers=2)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "6 problems in the dataset files; fix or replace each file named:"
+    assert len(lines) == 7
+    # In the order of the categories, then of their training and test files.
+    assert lines[1].startswith(f"  Cannot read image {truncated} (image file is truncated")
+    assert lines[2].startswith(f"  Mask {grey_edge} is not binary (3 values: 0, 128, 255);")
+    assert lines[3].startswith(f"  Mask {stretched} is 128x96 pixels but its image"
+                               f" {nut / 'test' / 'color' / '002.png'} is 128x128;")
+    assert lines[4].startswith(f"  Cannot read image {garbage} (")
+    assert lines[5].startswith(f"  Cannot read image {broken_mask} (")
+    assert lines[6].startswith(f"  Mask {empty} is empty (all 0) although {nut / 'test' / 'spot' / '001.png'}")
+
+
+def test_check_files_lists_at_most_twenty_problems(tmp_path):
+    folder = _mvtec(tmp_path, n_train=25)
+    for path in (folder / "train" / "good").iterdir():
+        path.write_bytes(b"")
+    with pytest.raises(InputError) as error:
+        check_files({"bottle": category_files("mvtec", tmp_path, "bottle")})
+    lines = str(error.value).splitlines()
+    assert lines[0] == "25 problems in the dataset files; fix or replace each file named:"
+    assert len(lines) == 22 and lines[-1] == "  ... and 5 more."
+    assert lines[20].startswith(f"  Cannot read image {folder / 'train' / 'good' / '019.png'} (")
+
+
+def test_check_files_gives_a_single_problem_as_one_sentence(tmp_path):
+    folder = _mvtec(tmp_path)
+    broken = folder / "test" / "crack" / "001.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(InputError) as error:
+        check_files({"bottle": category_files("mvtec", tmp_path, "bottle")})
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"Cannot read image {broken} (") and message.endswith("; replace or remove the file.")
+
+
 # ---- loading --------------------------------------------------------------
 
 def test_image_resized_and_normalised(tmp_path):
@@ -202,18 +310,45 @@ def test_grayscale_becomes_rgb(tmp_path):
     assert (image[..., 0] == gray).all() and (image[..., 1] == gray).all() and (image[..., 2] == gray).all()
 
 
-def test_mask_nearest_and_binarised(tmp_path):
-    mask = np.zeros((4, 4), dtype=np.uint8)
-    mask[:, :2] = 128  # just above one half
-    mask[:, 2:] = 127
+@pytest.mark.parametrize("anomalous", [1, 255, 65535])
+def test_mask_nearest_and_any_one_value_anomalous(tmp_path, anomalous):
+    mask = np.zeros((4, 4), dtype=np.uint16 if anomalous > 255 else np.uint8)
+    mask[:, :2] = anomalous
     loaded = images.load_mask(_write(tmp_path / "m.png", mask), 8)
     assert loaded.dtype == bool
     assert loaded[:, :4].all() and not loaded[:, 4:].any()
 
 
+def test_mask_that_is_not_binary_is_an_error_naming_it(tmp_path):
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[:, :2], mask[:, 2] = 255, 128  # an antialiased edge
+    path = _write(tmp_path / "m.png", mask)
+    with pytest.raises(InputError) as error:
+        images.load_mask(path, 8)
+    assert str(error.value) == (
+        f"Mask {path} is not binary (3 values: 0, 128, 255); save it with 0 for normal pixels and one"
+        " value (1 or 255) for anomalous ones."
+    )
+
+
+@pytest.mark.parametrize("values, suffix", [
+    (np.linspace(0, 65535, 256).round().astype(np.uint16), ".png"),  # PIL mode I;16
+    (np.linspace(0, 65535, 256).round().astype(">u2"), ".tif"),  # I;16B
+    (np.linspace(0, 2**31 - 1, 256).round().astype(np.int32), ".tif"),  # I, 32-bit
+])
+def test_high_bit_depth_grayscale_is_scaled_to_eight_bits(tmp_path, values, suffix):
+    path = _write(tmp_path / f"deep{suffix}", values.reshape(16, 16))
+    with Image.open(path) as stored:
+        assert stored.mode in ("I;16", "I;16B", "I")
+    image = images.load_image(path, 16)
+    expected = np.arange(256, dtype=np.uint8).reshape(16, 16)  # the ramp, 0 to 255
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], expected)
+
+
 def test_test_images(tmp_path):
     folder = _mvtec(tmp_path)
-    # A mask larger than its image is resized like any other.
+    # TestImages resizes any mask; check_files reports one whose size differs from its image's.
     _write(folder / "ground_truth" / "broken" / "000_mask.png", _mask(64))
     files = category_files("mvtec", tmp_path, "bottle")
     dataset = TestImages(files.test, 16)
@@ -231,6 +366,15 @@ def test_test_images(tmp_path):
 @pytest.fixture
 def train_files(tmp_path) -> list[Path]:
     return [_write(tmp_path / f"{i}.png", _noise(i, 64)) for i in range(4)]
+
+
+def test_drd_pseudo_anomalies_reach_the_network_unclipped(train_files):
+    """DRD pastes patch + 0.2 x destination on the [0, 1] scale, unclipped: bright pixels exceed 1."""
+    dataset = TrainImages([train_files[0]] * 4, "carpet", 64, synthesis="drd")
+    mean, std = torch.tensor(images.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(images.IMAGENET_STD).view(3, 1, 1)
+    raw = [dataset[key][1] * std + mean for key in range(len(dataset))]  # back on the [0, 1] scale
+    assert max(value.max().item() for value in raw) > 1.0
+    assert min(value.min().item() for value in raw) >= -1e-6
 
 
 def test_train_pairs(train_files):

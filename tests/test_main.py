@@ -7,7 +7,7 @@ import torch
 
 import main
 import model
-from tests.helpers import read_rows
+from tests.helpers import error_message, read_rows
 from utils.config import parse_overrides
 
 METRIC_NAMES = ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
@@ -116,7 +116,7 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     config = (run / "config.json").read_text()
     capsys.readouterr()
     assert main.main(demo_args("--eval_only=True", "--backbone=resnet50")) == 1
-    err = capsys.readouterr().err
+    err = error_message(capsys.readouterr().err)
     assert "trained with other settings (BACKBONE 'resnet18' -> 'resnet50')" in err and err.count("\n") == 1
     assert (run / "config.json").read_text() == config and read_rows(run / "metrics.csv") == rows
 
@@ -149,7 +149,7 @@ def test_a_run_that_failed_on_bad_input_can_be_rerun(tmp_path, plain_args, capsy
 def test_unwritable_results_give_one_sentence_and_keep_the_metrics(tmp_path, demo_args, monkeypatch, capsys):
     (tmp_path / "file").write_text("")
     assert main.main(demo_args(f"--results_dir={tmp_path}/file")) == 1
-    err = capsys.readouterr().err
+    err = error_message(capsys.readouterr().err)
     assert err.startswith("error: cannot write") and str(tmp_path / "file") in err and err.count("\n") == 1
 
     def refuse(*arguments):
@@ -187,7 +187,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, demo_a
     capsys.readouterr()
     assert main.main(demo_args("--run_name=split", "--resume=True", "--learning_rate=0.01", "--alpha=0.5",
                                *common)) == 1
-    err = capsys.readouterr().err
+    err = error_message(capsys.readouterr().err)
     assert "ALPHA 1.0 -> 0.5; LEARNING_RATE 0.005 -> 0.01" in err and err.count("\n") == 1
 
     assert main.main(demo_args("--run_name=split", "--resume=True", *common)) == 0

@@ -7,9 +7,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from tests.helpers import model_for
 from model.generator import flm_mask
 from model.loss import anomaly_map, distillation_loss, gaussian_blur, image_score, level_distances
+from model.teacher import Teacher
+from tests.helpers import model_for
 from utils.errors import InputError
 
 
@@ -210,6 +211,47 @@ def test_weights_from_a_state_dict_file(tmp_path):
         model_for("resnet50", weights=str(path))
     with pytest.raises(InputError, match="Could not read"):
         model_for("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def _truncated_state_dict(path):
+    torch.save({"weight": torch.zeros(64, 64)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize("content", ["text", "whole model", "truncated state dict"])
+def test_weights_file_that_is_no_state_dict_gives_one_sentence(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    if content == "text":
+        path.write_text("hello, these are not weights\n")
+    elif content == "whole model":
+        torch.save(Teacher("resnet18", weights=None), path)
+    else:
+        _truncated_state_dict(path)
+    with pytest.raises(InputError) as error:
+        Teacher("resnet18", weights=str(path))
+    message = str(error.value)
+    assert message.startswith(f"Could not read the backbone weights file {path} as a state dict (")
+    assert message.endswith("save the weights with torch.save(model.state_dict(), path), not the whole model.")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_hub_cache_names_the_file_to_delete(tmp_path, monkeypatch, damage):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a cached file must not be downloaded again")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    cached = tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir()
+    if damage == "garbage":
+        cached.write_bytes(b"<html>503 Service Unavailable</html>")
+    else:
+        _truncated_state_dict(cached)
+    with pytest.raises(InputError) as error:
+        Teacher("resnet18", weights="imagenet")
+    message = str(error.value)
+    assert message.startswith(f"The cached ImageNet weights file {cached} is damaged (")
+    assert "delete it" in message and "\n" not in message
 
 
 def test_unknown_backbone_is_a_clear_error():
