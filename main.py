@@ -103,6 +103,7 @@ from dataset.demo import make_demo_dataset  # noqa: E402
 from dataset.images import SYNTHESES  # noqa: E402
 from dataset.nsa import MODES as NSA_MODES  # noqa: E402
 from model import BOTTLENECKS, MRKD, OBJECTIVES, build_model  # noqa: E402
+from model.generator import MaskDraws  # noqa: E402
 from model.engine import (Diverged, Execution, Scoring, execution_for, level1_features, load_weights,  # noqa: E402
                           pick_device, predict, read_checkpoint, save_checkpoint, seed_everything, train_epoch)
 from model.teacher import check_backbone  # noqa: E402
@@ -312,9 +313,9 @@ def train_category(model: MRKD, category: str, train_files: list[Path], training
         # so a resumed run repeats them.
         epoch_seed = int(np.random.SeedSequence([training.seed, epoch]).generate_state(1)[0])
         torch.manual_seed(epoch_seed)
-        mask_generator = torch.Generator().manual_seed(epoch_seed)
+        draws = MaskDraws(torch.Generator().manual_seed(epoch_seed))
         try:
-            loss = train_epoch(model, loader, optimizer, device, objective, mask_generator, execution,
+            loss = train_epoch(model, loader, optimizer, device, objective, draws, execution,
                                on_step=lambda value: (bar.update(), bar.set_postfix(loss=f"{value:.4f}")))
         except Diverged as error:
             bar.close()

@@ -6,7 +6,7 @@ from torch import nn
 
 from model import drd
 from model.bottleneck import CascadeFusionBottleneck, OneClassBottleneck
-from model.generator import Generator
+from model.generator import Generator, MaskDraws, flm_mask
 from model.loss import distillation_loss
 from model.student import ReversedStudent
 from model.teacher import BACKBONES, Teacher
@@ -38,22 +38,22 @@ class MRKD(nn.Module):
         return [p for part in (self.bottleneck, self.student, self.generators) for p in part.parameters()]
 
     def forward(self, images: torch.Tensor, augmented: torch.Tensor | None = None,
-                mask_generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                draws: MaskDraws | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features of `images` and the restored features, Eq. (1)-(3).
 
         images: (B, 3, H, W), the clean images x_n whose teacher features f_T,n are the
         target. augmented: the ILM inputs x_a (B, 3, H, W), or None to feed the clean
         features to the student (test time, and training without ILM as in RD4AD).
-        mask_generator draws the FLM masks (None: the global RNG).
+        draws: where the FLM masks come from (None: the global RNG).
         Returns (f_T [3 x (B, C_l, H_l, W_l)], f_G [same shapes]), finest level first.
         """
         target, inputs = self.teacher_pair(images, augmented)
-        return target, self.decode(inputs, mask_generator)
+        return target, self.decode(inputs, draws)
 
-    def decode(self, features: list[torch.Tensor], mask_generator: torch.Generator | None = None
+    def decode(self, features: list[torch.Tensor], draws: MaskDraws | None = None
                ) -> list[torch.Tensor]:
         """Teacher features f_T -> restored features f_G = G(S(B(f_T)) * M), Eq. (1)-(3)."""
-        return self.restore(self.student(self.bottleneck(features)), mask_generator)
+        return self.restore(self.student(self.bottleneck(features)), draws)
 
     def distill(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features f_T and student features f_S = S(B(f_T)) of clean images, Eq. (1).
@@ -76,7 +76,7 @@ class MRKD(nn.Module):
         both = self.teacher(torch.cat([images, augmented]))
         return [f[: len(images)] for f in both], [f[len(images):] for f in both]
 
-    def restore(self, student: list[torch.Tensor], mask_generator: torch.Generator | None = None
+    def restore(self, student: list[torch.Tensor], draws: MaskDraws | None = None
                 ) -> list[torch.Tensor]:
         """FLM, Eq. (2)-(3): f_G^l = G^l(f_S^l * M^l); without FLM the student's features as they are.
 
@@ -85,14 +85,14 @@ class MRKD(nn.Module):
         """
         if not len(self.generators):
             return student
-        return [g(f, self.flm_ratio, mask_generator) for g, f in zip(self.generators, student)]
+        return [g(f * flm_mask(f, self.flm_ratio, draws)) for g, f in zip(self.generators, student)]
 
 
 def mrkd_objective(model: MRKD, clean: torch.Tensor, augmented: torch.Tensor | None,
-                   mask_generator: torch.Generator | None) -> torch.Tensor:
+                   draws: MaskDraws | None) -> torch.Tensor:
     """MRKD's training loss, Eq. (4): the student restores the clean image's teacher features
     from the ILM input (augmented None: from the clean image itself, as RD4AD)."""
-    target, restored = model(clean, augmented, mask_generator)
+    target, restored = model(clean, augmented, draws)
     return distillation_loss(target, restored)
 
 

@@ -18,6 +18,7 @@ from model.loss import level_distances, upsample_levels
 
 if TYPE_CHECKING:
     from model import MRKD
+    from model.generator import MaskDraws
 
 # Std of the Gaussian noise added to the pseudo-abnormal image's teacher features
 # before the bottleneck (DRD's public implementation).
@@ -95,14 +96,14 @@ def drd_loss(teacher_normal: Sequence[torch.Tensor], student_normal: Sequence[to
 
 
 def drd_objective(model: MRKD, clean: torch.Tensor, pseudo: torch.Tensor,
-                  mask_generator: torch.Generator | None) -> torch.Tensor:
+                  draws: MaskDraws | None) -> torch.Tensor:
     """DRD's training step: the normal and the pseudo-abnormal image both go through
     bottleneck and student, the pseudo-abnormal teacher features with Gaussian noise;
     returns drd_loss."""
     target, pseudo_features = model.teacher_pair(clean, pseudo)
     pseudo_features = add_noise(pseudo_features, NOISE_STD)
-    restored = model.decode(target, mask_generator)
-    restored_pseudo = model.decode(pseudo_features, mask_generator)
+    restored = model.decode(target, draws)
+    restored_pseudo = model.decode(pseudo_features, draws)
     return drd_loss(target, restored, pseudo_features, restored_pseudo, clean, pseudo)
 
 

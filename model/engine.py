@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from model import MRKD
+from model.generator import MaskDraws
 from model.drd import refined_image_score
 from model.loss import anomaly_map, gaussian_blur, image_score, level_distances
 from utils.config import check
 from utils.errors import InputError
 
-# A training objective: (model, clean images, ILM inputs or None, FLM mask generator) -> loss.
-Objective = Callable[[MRKD, torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
+# A training objective: (model, clean images, ILM inputs or None, FLM mask draws) -> loss.
+Objective = Callable[[MRKD, torch.Tensor, "torch.Tensor | None", "MaskDraws | None"], torch.Tensor]
 
 
 class Diverged(Exception):
@@ -86,7 +87,7 @@ def execution_for(device: torch.device, fast: bool) -> Execution:
 
 
 def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
-                objective: Objective, mask_generator: torch.Generator | None, execution: Execution,
+                objective: Objective, draws: MaskDraws | None, execution: Execution,
                 on_step: Callable[[float], None] | None = None) -> float:
     """One pass over the batches, (clean,) or (clean, augmented); returns the mean loss.
 
@@ -98,7 +99,7 @@ def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer,
         clean = execution.to_device(clean, device)
         augmented = execution.to_device(rest[0], device) if rest else None
         with execution.autocast(device):
-            loss = objective(model, clean, augmented, mask_generator)
+            loss = objective(model, clean, augmented, draws)
         value = loss.item()
         if not np.isfinite(value):
             raise Diverged(f"the loss became {value} at step {steps + 1}")
@@ -158,13 +159,13 @@ def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scorin
     device. With K masks the level distances of K independent masks are averaged.
     """
     model.eval()
-    generator = torch.Generator().manual_seed(scoring.seed)
+    draws = MaskDraws(torch.Generator().manual_seed(scoring.seed))
     all_scores, all_maps = [], []
     for batch in loader:
         images = execution.to_device(batch[0], device)
         with execution.autocast(device):
             target, student = model.distill(images)
-            runs = [level_distances(target, model.restore(student, generator), scoring.score_levels)
+            runs = [level_distances(target, model.restore(student, draws), scoring.score_levels)
                     for _ in range(scoring.eval_masks)]
         distances = [sum(level) / scoring.eval_masks for level in zip(*runs)]   # [(B, h_l, w_l)]
         maps = gaussian_blur(anomaly_map(distances, scoring.image_size), scoring.sigma)  # (B, S, S)
@@ -226,5 +227,5 @@ def level1_features(model: MRKD, images: torch.Tensor, device: torch.device,
     """
     model.eval()
     target, student = model.distill(images.to(device))
-    restored = model.restore(student, torch.Generator().manual_seed(mask_seed))
+    restored = model.restore(student, MaskDraws(torch.Generator().manual_seed(mask_seed)))
     return tuple(F.normalize(f[0].float(), dim=1).cpu().numpy() for f in (target, restored))

@@ -7,19 +7,33 @@ from torch import nn
 from model.blocks import init_weights
 
 
-def flm_mask(features: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+class MaskDraws:
+    """Where the uniform draws R of Eq. (2) come from: a seeded CPU generator.
+
+    R is drawn on the CPU and then moved to the features' device, so one seed gives
+    the same masks on any device. The captured training step of the fast path
+    (model/engine.py: CapturedStep) subclasses it to feed its static buffers.
+    """
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def uniform(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator).to(device)
+
+
+def flm_mask(features: torch.Tensor, ratio: float, draws: MaskDraws | None = None) -> torch.Tensor:
     """Feature-level mask M^l, Eq. (2).
 
     features: (B, C, H, W); returns M (B, 1, H, W) of 0/1 in the features' dtype: each
     spatial position is zeroed across all channels with probability `ratio` (lambda),
-    drawn per sample. R ~ U(0, 1) is drawn on the generator's device (the CPU when
-    none is given and the features live there), then moved, so one seeded CPU
-    generator gives the same masks on any device.
+    drawn per sample, R ~ U(0, 1) from `draws` (None: the global generator of the
+    features' device).
     """
     batch, _, height, width = features.shape
-    device = generator.device if generator is not None else features.device
-    r = torch.rand((batch, 1, height, width), generator=generator, device=device)
-    return (r >= ratio).to(device=features.device, dtype=features.dtype)
+    shape = (batch, 1, height, width)
+    r = torch.rand(shape, device=features.device) if draws is None else draws.uniform(shape, features.device)
+    return (r >= ratio).to(features.dtype)
 
 
 class Generator(nn.Module):
@@ -37,6 +51,6 @@ class Generator(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         init_weights(self)
 
-    def forward(self, f_s: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """f_S^l (B, C, H, W) -> f_G^l = G(f_S^l * M^l) (B, C, H, W), Eq. (2)-(3)."""
-        return self.conv2(self.relu(self.conv1(f_s * flm_mask(f_s, ratio, generator))))
+    def forward(self, masked: torch.Tensor) -> torch.Tensor:
+        """f_S^l * M^l (B, C, H, W) -> f_G^l (B, C, H, W), Eq. (3)."""
+        return self.conv2(self.relu(self.conv1(masked)))

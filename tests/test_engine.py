@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import model_for
 from model import mrkd_objective
+from model.generator import MaskDraws
 from model.engine import Execution, Scoring, execution_for, predict, train_epoch
 from model.loss import anomaly_map, image_score, level_distances
 
@@ -35,10 +36,10 @@ def test_k_masks_average_k_independent_maps():
     model, loader = setup()
     model.eval()
     images = next(iter(loader))[0]
-    generator = torch.Generator().manual_seed(7)
+    draws = MaskDraws(torch.Generator().manual_seed(7))
     with torch.no_grad():
         target, student = model.distill(images)
-        expected = sum(anomaly_map(level_distances(target, model.restore(student, generator)), 32)
+        expected = sum(anomaly_map(level_distances(target, model.restore(student, draws)), 32)
                        for _ in range(3)) / 3
     maps = run(model, DataLoader(TensorDataset(images), batch_size=4), masks=3, seed=7, sigma=0)[1]
     np.testing.assert_allclose(maps, expected.numpy(), rtol=1e-5, atol=1e-6)
@@ -81,7 +82,7 @@ def test_fast_path_computes_the_same_maps_and_losses_to_bf16_precision():
             trained = trained.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(trained.trainable_parameters(), lr=0.005, betas=(0.5, 0.999))
         pairs = DataLoader(TensorDataset(images, images.flip(-1)), batch_size=4)
-        losses.append([train_epoch(trained, pairs, optimizer, cpu, mrkd_objective, torch.Generator().manual_seed(1),
+        losses.append([train_epoch(trained, pairs, optimizer, cpu, mrkd_objective, MaskDraws(torch.Generator().manual_seed(1)),
                                    execution) for _ in range(2)])
     (first, second), (fast_first, fast_second) = losses
     assert abs(fast_first - first) / first < 4e-3

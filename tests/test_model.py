@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from model.generator import flm_mask
+from model.generator import MaskDraws, flm_mask
 from model.loss import anomaly_map, distillation_loss, gaussian_blur, image_score, level_distances
 from model.teacher import Teacher
 from tests.helpers import model_for
@@ -106,31 +106,34 @@ def test_ilm_input_changes_the_student_input_but_not_the_target():
 
 def test_flm_mask_fraction_and_determinism():
     features = torch.zeros(8, 4, 32, 32)
-    masks = [flm_mask(features, 0.2, torch.Generator().manual_seed(s)) for s in range(20)]
+    masks = [flm_mask(features, 0.2, MaskDraws(torch.Generator().manual_seed(s))) for s in range(20)]
     zeroed = 1 - torch.stack(masks).mean().item()
     assert abs(zeroed - 0.2) < 0.01
     assert masks[0].shape == (8, 1, 32, 32)
-    again = flm_mask(features, 0.2, torch.Generator().manual_seed(0))
+    again = flm_mask(features, 0.2, MaskDraws(torch.Generator().manual_seed(0)))
     assert torch.equal(masks[0], again)
     assert not torch.equal(masks[0], masks[1])
     # Masks differ between samples of a batch (drawn per sample).
     assert not torch.equal(masks[0][0], masks[0][1])
 
 
-def test_flm_ratio_zero_shows_the_generator_unmasked_features():
-    generator_module = model_for("resnet18").generators[0]
-    features = torch.randn(2, 64, 8, 8)
-    assert torch.all(flm_mask(features, 0.0, torch.Generator().manual_seed(0)) == 1)
-    expected = generator_module.conv2(torch.relu(generator_module.conv1(features)))
-    torch.testing.assert_close(generator_module(features, 0.0), expected)
+def test_restore_masks_the_student_features_and_applies_g():
+    model = model_for("resnet18")
+    student = [torch.randn(2, c, s, s) for c, s in zip((64, 128, 256), (8, 4, 2))]
+    restored = model.restore(student, MaskDraws(torch.Generator().manual_seed(3)))
+    masks = MaskDraws(torch.Generator().manual_seed(3))
+    for g, f, f_g in zip(model.generators, student, restored):
+        m = flm_mask(f, 0.2, masks)
+        torch.testing.assert_close(f_g, g.conv2(torch.relu(g.conv1(f * m))))
+    assert torch.all(flm_mask(student[0], 0.0, masks) == 1)  # lambda 0: nothing masked
 
 
 def test_same_mask_seed_gives_same_restored_features():
     model = model_for("resnet18").eval()
     images = torch.randn(2, 3, 64, 64)
-    first = model(images, mask_generator=torch.Generator().manual_seed(5))[1]
-    second = model(images, mask_generator=torch.Generator().manual_seed(5))[1]
-    third = model(images, mask_generator=torch.Generator().manual_seed(6))[1]
+    first = model(images, draws=MaskDraws(torch.Generator().manual_seed(5)))[1]
+    second = model(images, draws=MaskDraws(torch.Generator().manual_seed(5)))[1]
+    third = model(images, draws=MaskDraws(torch.Generator().manual_seed(6)))[1]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert not torch.equal(first[0], third[0])
 

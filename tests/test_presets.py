@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import main
 from model import mrkd_objective
+from model.generator import MaskDraws
 from model.engine import Execution, train_epoch
 from tests.helpers import model_for, read_rows
 from utils.presets import PRESETS, slug
@@ -50,9 +51,9 @@ class Recorder(torch.nn.Module):
         super().__init__()
         self.model, self.augmented = model, []
 
-    def forward(self, images, augmented=None, mask_generator=None):
+    def forward(self, images, augmented=None, draws=None):
         self.augmented.append(augmented)
-        return self.model(images, augmented, mask_generator)
+        return self.model(images, augmented, draws)
 
 
 @pytest.mark.parametrize("ilm", [True, False])
@@ -64,7 +65,7 @@ def test_ilm_switch_decides_what_the_student_sees(ilm):
     batches = TensorDataset(clean, augmented) if ilm else TensorDataset(clean)  # TrainImages without ILM: (clean,)
     optimizer = torch.optim.Adam(model.trainable_parameters())
     train_epoch(recorder, DataLoader(batches, batch_size=2), optimizer, torch.device("cpu"), mrkd_objective,
-                torch.Generator(), Execution())
+                MaskDraws(torch.Generator()), Execution())
     assert len(recorder.augmented) == 2
     assert all((seen is not None) == ilm for seen in recorder.augmented)
 
