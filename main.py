@@ -14,6 +14,7 @@ lists comma-separated; none for no value).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -91,6 +92,9 @@ METHODS = {
 }
 # ----------------------------------------------------------------------------------------
 
+# cuBLAS repeats its results only with a fixed workspace; set before torch starts CUDA.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 import numpy as np  # noqa: E402  (after the constants, so they stay at the top of the file)
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -104,7 +108,7 @@ from dataset.images import SYNTHESES  # noqa: E402
 from dataset.nsa import MODES as NSA_MODES  # noqa: E402
 from model import BOTTLENECKS, MRKD, OBJECTIVES, build_model  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
-from model.engine import (Diverged, Execution, Scoring, execution_for, level1_features, load_weights,  # noqa: E402
+from model.engine import (CapturedStep, Diverged, Execution, Scoring, execution_for, level1_features, load_weights,  # noqa: E402
                           pick_device, predict, read_checkpoint, save_checkpoint, seed_everything, train_epoch)
 from model.teacher import check_backbone  # noqa: E402
 from utils import metrics  # noqa: E402
@@ -113,6 +117,7 @@ from utils.errors import InputError  # noqa: E402
 from utils.figures import draw_category, figure_features, figure_lambda_sweep, load_predictions, pca_project, save_predictions  # noqa: E402,E501
 from utils.paper import PAPER  # noqa: E402
 from utils.presets import PRESETS, Preset, slug  # noqa: E402
+from utils.ranks import Ranks  # noqa: E402
 from utils.report import category_line, with_mean, write_atomically, write_tables  # noqa: E402
 
 
@@ -286,8 +291,8 @@ def train_category(model: MRKD, category: str, train_files: list[Path], training
     train_set = TrainImages(train_files, category, training.image_size, alpha=training.alpha,
                             nsa_mode=training.nsa_mode, seed=training.seed, augment=training.ilm,
                             synthesis=training.synthesis)
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=training.learning_rate, betas=training.betas,
-                                 weight_decay=training.weight_decay)
+    optimizer = execution.optimizer(model.trainable_parameters(), training.learning_rate, training.betas,
+                                    training.weight_decay)
     start = 0
     if run.resume and checkpoint.exists():
         state = load_trained(model, checkpoint, training, ("epochs",), "resume from", device)
@@ -305,6 +310,7 @@ def train_category(model: MRKD, category: str, train_files: list[Path], training
                         persistent_workers=run.workers > 0, pin_memory=device.type == "cuda",
                         worker_init_fn=seed_worker)
     objective = OBJECTIVES[training.loss]
+    captured = CapturedStep(model, optimizer, objective, execution) if execution.capture else None
     bar = tqdm(total=(training.epochs - start) * len(loader), desc=f"{category} training", unit="step",
                dynamic_ncols=True)
     for epoch in range(start, training.epochs):
@@ -316,7 +322,8 @@ def train_category(model: MRKD, category: str, train_files: list[Path], training
         draws = MaskDraws(torch.Generator().manual_seed(epoch_seed))
         try:
             loss = train_epoch(model, loader, optimizer, device, objective, draws, execution,
-                               on_step=lambda value: (bar.update(), bar.set_postfix(loss=f"{value:.4f}")))
+                               on_step=lambda value: (bar.update(), bar.set_postfix(loss=f"{value:.4f}")),
+                               captured=captured)
         except Diverged as error:
             bar.close()
             kept = f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else "no checkpoint was saved yet"
@@ -378,25 +385,34 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
 
 
 def run_categories(settings: Settings, results: Path, checkpoints: Path) -> list[dict[str, Any]]:
-    """Every category in turn; the table is rewritten after each, so nothing is lost on a crash."""
+    """Every category in turn (under torchrun: this rank's share), the table rewritten after each,
+    so nothing is lost on a crash; returns every category's row, in order, on every rank."""
     run = settings.run
+    ranks = Ranks.from_launcher()
     categories = run.categories or DATASET_CATEGORIES[settings.training.dataset]
+    mine = ranks.share(categories)
     # Every file of every category is found and decoded before any work.
     files = {category: category_files(settings.training.dataset, run.data_dir, category) for category in categories}
-    check_files(files)
-    device = pick_device(run.device)
-    claim_folders(run, settings.constants, results, checkpoints)
+    ranks.agree(lambda: check_files({category: files[category] for category in mine}))
+    device = pick_device(run.device, ranks.local_rank)
+    ranks.agree(lambda: claim_folders(run, settings.constants, results, checkpoints) if ranks.rank == 0 else None)
     paper = paper_rows(run.method, settings.training, categories)
-    print(f"Run {run.run_name!r} ({run.method}) on {device}: {len(categories)} categories; results and figures "
-          f"in {results}, checkpoints in {checkpoints}")
+    print(f"Run {run.run_name!r} ({run.method}) on {device}: {len(mine)} of {len(categories)} categories"
+          f"{f' (rank {ranks.rank} of {ranks.world})' if ranks.world > 1 else ''}; results and figures in "
+          f"{results}, checkpoints in {checkpoints}")
     rows = []
-    for category in categories:
+    for category in mine:
         rows.append(run_category(settings, category, files[category], device, results, checkpoints))
         tqdm.write(category_line(category, rows[-1]))
-        table = write_tables(results, "metrics", rows, paper)
+        if ranks.rank == 0:
+            write_tables(results, "metrics", rows, paper)
         if run.figures and rows[-1]["status"] == "ok":
             draw_category(results / "predictions" / f"{category}.npz", results / "figures")
-    print("\n" + table)
+    if ranks.world > 1:  # the categories of every rank, in the order of the list
+        done = {row["category"]: row for share in ranks.gather(rows) for row in share}
+        rows = [done[category] for category in categories]
+    if ranks.rank == 0:
+        print("\n" + write_tables(results, "metrics", rows, paper))
     return rows
 
 
@@ -424,8 +440,9 @@ def run_experiment(name: str, rows: list[Settings], results: Path, checkpoints: 
     note = (f"{preset.title}. Ours: the mean over the categories run, each evaluated once after the last "
             f"epoch; paper: the MVTec AD mean it reports, AU-PRO as the authors compute it (compare with "
             f"aupro_per_image).")
-    print("\n" + write_tables(results, name, table_rows, paper, note, mean=False))
-    draw_experiment(preset, table_rows, results)
+    if Ranks.from_launcher().rank == 0:
+        print("\n" + write_tables(results, name, table_rows, paper, note, mean=False))
+        draw_experiment(preset, table_rows, results)
     return table_rows
 
 
@@ -483,7 +500,8 @@ def main(argv: list[str]) -> int:
     try:
         rows = run(parse_overrides(CONSTANTS, argv))
     except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if Ranks.from_launcher().rank == 0:  # under torchrun every rank knows the error; one says it
+            print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # a folder that cannot be written: read-only, full, a file in its place
         print(f"error: cannot write {error.filename or 'a file'} ({error.strerror or error}); "

@@ -33,16 +33,19 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' is the first CUDA GPU when there is one, else the CPU."""
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' is a CUDA GPU when there is one, else the CPU. 'auto' and 'cuda' give the
+    process of local rank r (torchrun) GPU r modulo the GPU count; 'cuda:N' is GPU N."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"Device {name!r} was asked for but PyTorch sees no CUDA GPU; use --device=cpu.")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
 
 
@@ -58,39 +61,140 @@ class Execution:
     """How the networks run: plain fp32 (the faithful path, the default) or the fast path.
 
     The fast path autocasts to `dtype` (bf16, or fp16 with a gradient scaler) and keeps
-    images and weights channels_last. It changes the numbers within noise, not the method.
+    images and weights channels_last; on a GPU with bf16 it also runs Adam as one fused
+    kernel and replays each training step as a captured CUDA graph (`capture`). It
+    changes the numbers within bf16 rounding, not the method.
     """
 
     dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     channels_last: bool = False
+    capture: bool = False
 
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+    def autocast(self, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.dtype)
+        return torch.autocast(device.type, dtype=self.dtype, cache_enabled=cache)
 
     def to_device(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         return images.to(device, non_blocking=True, memory_format=memory_format)
 
+    def optimizer(self, parameters: list[torch.nn.Parameter], learning_rate: float, betas: tuple[float, ...],
+                  weight_decay: float) -> torch.optim.Adam:
+        """Adam; with `capture` one fused kernel whose step count lives on the GPU, as a graph needs."""
+        fused = {"fused": True, "capturable": True} if self.capture else {}
+        return torch.optim.Adam(parameters, lr=learning_rate, betas=betas, weight_decay=weight_decay, **fused)
+
 
 def execution_for(device: torch.device, fast: bool) -> Execution:
-    """fp32 unless `fast`: then bf16 where the device has it (else fp16 with a scaler), channels_last,
-    and cuDNN's autotuner (which gives up bit-exact repeatability)."""
+    """The faithful fp32 path, deterministic; or with `fast` the fast path (see Execution).
+
+    Faithful: cuDNN's deterministic algorithms and no autotuner, so that two runs, and a
+    resumed and an uninterrupted run, are equal on a GPU too (ops without a deterministic
+    CUDA kernel, such as the bilinear upsampling in DRD's segmentation loss, warn).
+    Fast: cuDNN's autotuner, which gives up bit-exact repeatability.
+    """
+    torch.use_deterministic_algorithms(not fast, warn_only=True)
+    torch.backends.cudnn.deterministic = not fast
+    torch.backends.cudnn.benchmark = fast and device.type == "cuda"
     if not fast:
         return Execution()
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     if device.type == "cpu" or torch.cuda.is_bf16_supported():
-        return Execution(torch.bfloat16, channels_last=True)
+        return Execution(torch.bfloat16, channels_last=True, capture=device.type == "cuda")
     return Execution(torch.float16, torch.amp.GradScaler(device.type), channels_last=True)
+
+
+class StaticDraws(MaskDraws):
+    """The FLM draws of a captured step: buffers the graph reads, refilled before each replay."""
+
+    def __init__(self) -> None:
+        self.buffers: list[torch.Tensor] = []
+
+    def uniform(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        self.buffers.append(torch.empty(shape, device=device))  # during capture: in the graph's order
+        return self.buffers[-1]
+
+    def refill(self, source: MaskDraws) -> None:
+        """Draw from `source` what the eager step would draw, in the same order."""
+        for buffer in self.buffers:
+            buffer.copy_(source.uniform(tuple(buffer.shape), torch.device("cpu")))
+
+
+class CapturedStep:
+    """The fast path's training step on a GPU (objective, backward, Adam), captured once as a
+    CUDA graph and replayed for every batch of the captured shape.
+
+    Why: a step of the wide net launches a few thousand kernels, and issuing them one by
+    one costs the CPU more time than the GPU needs to run them. The graph reads static
+    buffers: each batch is copied in, and the FLM draws are refilled from the epoch's
+    MaskDraws in the order the eager step draws them, so the masks are the eager ones.
+    A batch of another shape (an epoch's last) runs eagerly on the same weights and Adam.
+    The loss is checked after the step, so a diverging step has already updated the
+    weights (the checkpoint on disk is still the last good one).
+    """
+
+    def __init__(self, model: MRKD, optimizer: torch.optim.Optimizer, objective: Objective, execution: Execution):
+        self.model, self.optimizer, self.objective, self.execution = model, optimizer, objective, execution
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self, clean: torch.Tensor, augmented: torch.Tensor | None, draws: MaskDraws) -> torch.Tensor:
+        """Run one step on the batch; returns its loss (a tensor on the GPU)."""
+        if self.graph is None:
+            self.capture(clean, augmented)
+        if clean.shape != self.clean.shape:
+            return self.eager(clean, augmented, draws)
+        self.clean.copy_(clean)
+        if augmented is not None:
+            self.augmented.copy_(augmented)
+        self.draws.refill(draws)
+        self.graph.replay()
+        return self.loss
+
+    def eager(self, clean: torch.Tensor, augmented: torch.Tensor | None, draws: MaskDraws) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=False)  # the graph's gradient buffers stay where it reads them
+        with self.execution.autocast(clean.device):
+            loss = self.objective(self.model, clean, augmented, draws)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def capture(self, clean: torch.Tensor, augmented: torch.Tensor | None) -> None:
+        """Warm up on a side stream, put weights and Adam's state back, then record one step."""
+        self.clean = clean.clone(memory_format=torch.preserve_format)
+        self.augmented = None if augmented is None else augmented.clone(memory_format=torch.preserve_format)
+        saved_weights = {name: value.clone() for name, value in self.model.state_dict().items()}
+        saved_state = {p: {k: v.clone() for k, v in state.items()} for p, state in self.optimizer.state.items()}
+        warm_up = MaskDraws(torch.Generator().manual_seed(0))
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.eager(self.clean, self.augmented, warm_up)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.no_grad():  # in place: the graph records these tensors' addresses
+            for name, value in self.model.state_dict().items():
+                value.copy_(saved_weights[name])
+            for parameter, state in self.optimizer.state.items():
+                for key, value in state.items():
+                    value.copy_(saved_state[parameter][key]) if parameter in saved_state else value.zero_()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.draws = StaticDraws()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            with self.execution.autocast(clean.device, cache=False):  # no weight-cast cache across replays
+                self.loss = self.objective(self.model, self.clean, self.augmented, self.draws)
+            self.loss.backward()
+            self.optimizer.step()
 
 
 def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
                 objective: Objective, draws: MaskDraws | None, execution: Execution,
-                on_step: Callable[[float], None] | None = None) -> float:
+                on_step: Callable[[float], None] | None = None, captured: CapturedStep | None = None) -> float:
     """One pass over the batches, (clean,) or (clean, augmented); returns the mean loss.
 
+    captured: the step as a CUDA graph (the fast path on a GPU), kept across epochs.
     Raises Diverged, before any further step, when the loss is not finite.
     """
     model.train()
@@ -98,19 +202,23 @@ def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer,
     for clean, *rest in loader:
         clean = execution.to_device(clean, device)
         augmented = execution.to_device(rest[0], device) if rest else None
-        with execution.autocast(device):
-            loss = objective(model, clean, augmented, draws)
-        value = loss.item()
+        if captured is not None:
+            value = captured(clean, augmented, draws).item()
+        else:
+            with execution.autocast(device):
+                loss = objective(model, clean, augmented, draws)
+            value = loss.item()
         if not np.isfinite(value):
             raise Diverged(f"the loss became {value} at step {steps + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        if execution.scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            execution.scaler.scale(loss).backward()
-            execution.scaler.step(optimizer)
-            execution.scaler.update()
+        if captured is None:
+            optimizer.zero_grad(set_to_none=True)
+            if execution.scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                execution.scaler.scale(loss).backward()
+                execution.scaler.step(optimizer)
+                execution.scaler.update()
         total, steps = total + value, steps + 1
         if on_step is not None:
             on_step(value)
