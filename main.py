@@ -373,7 +373,9 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
         except Diverged as error:
             tqdm.write(str(error))
             return {"category": category, "status": "diverged"}
+    started = time.perf_counter()
     values, scores, maps = evaluate()
+    tqdm.write(f"{category} evaluated in {time.perf_counter() - started:.1f} s")
     anomalous = np.flatnonzero(test_set.labels == 1)
     examples = anomalous[np.linspace(0, len(anomalous) - 1, min(4, len(anomalous))).round().astype(int)]
     images = torch.stack([test_set[i][0] for i in examples])

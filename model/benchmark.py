@@ -5,7 +5,16 @@
     CPU by SciPy, metrics from Python lists and PRO per image over 200 thresholds.
 (b) faithful: this project's default path: fp32, one teacher pass over both batches,
     batched evaluation with the Gaussian on the device, metrics on arrays collected once.
-(c) fast: (b) with FAST=True: bf16 (or fp16) autocast, channels_last, cuDNN autotuner.
+(c) fast: (b) with FAST=True: bf16 (or fp16) autocast, channels_last, cuDNN autotuner,
+    and on a GPU fused Adam and the training step replayed as a CUDA graph.
+(d) (b) without cuDNN's deterministic algorithms, to measure what determinism costs
+    (run it with --variants=abcd).
+
+`--rehearsal` instead rehearses the full MVTec AD reproduction: it generates MVTec-shaped
+data (15 categories with MVTec AD's train and test counts, drawn by the demo generator,
+cached), runs the real main.py on it for a few epochs (through torchrun with --ranks=N),
+and projects the 15 x 200-epoch run from the steady epoch times. Its last line is
+`projected full reproduction: MM.M min (N ranks, fast|faithful)`.
 
 Each variant runs in a fresh process, so its peak memory is its own. Training and
 evaluation use random images and weights (speed does not depend on them); data
@@ -16,8 +25,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import resource
+import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,16 +40,20 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from skimage import measure
 from sklearn.metrics import auc, roc_auc_score
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+import main
+from dataset.demo import DEFECTS, make_sample
 from main import CONSTANTS
-from model import MRKD, build_model, mrkd_objective
-from model.engine import Execution, Scoring, execution_for, pick_device, predict, train_epoch
+from model import MRKD, mrkd_objective
+from model.engine import CapturedStep, Execution, Scoring, pick_device, predict, train_epoch
+from model.generator import MaskDraws
 from model.loss import distillation_loss
 from utils import metrics
 from utils.config import bundle
 
-VARIANTS = {"a": "(a) authors", "b": "(b) faithful", "c": "(c) fast"}
+VARIANTS = {"a": "(a) authors", "b": "(b) faithful", "c": "(c) fast", "d": "(d) (b) not determ."}
 
 
 def synthetic_batches(steps: int, batch: int, size: int, pin: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -120,15 +139,18 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
     """Train `steps` steps after `warmup` and evaluate one synthetic category; runs in its own process."""
     torch.manual_seed(0)
     device = pick_device(options.device)
-    execution = execution_for(device, fast=variant == "c")
-    model = build_model(options.backbone, None, CONSTANTS["FLM_RATIO"], True, CONSTANTS["BOTTLENECK"]).to(device)
-    if execution.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if options.compile and variant == "c":
-        for part in (model.teacher, model.bottleneck, model.student, *model.generators):
-            part.compile()
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=CONSTANTS["LEARNING_RATE"], betas=CONSTANTS["BETAS"])
+    settings = main.resolve({"BACKBONE": options.backbone, "WEIGHTS": None, "IMAGE_SIZE": options.size,
+                             "BATCH_SIZE": options.batch, "FAST": variant == "c"})
+    model, execution = main.build(settings.training, device, options.compile and variant == "c")
+    if variant == "d":  # the faithful path without cuDNN's deterministic algorithms: what determinism costs
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    training = settings.training
+    optimizer = execution.optimizer(model.trainable_parameters(), training.learning_rate, training.betas,
+                                    training.weight_decay)
+    captured = CapturedStep(model, optimizer, mrkd_objective, execution) if execution.capture else None
     batches = synthetic_batches(options.warmup + options.steps, options.batch, options.size, device.type == "cuda")
+    draws = MaskDraws(torch.Generator().manual_seed(0))
 
     def train(chunk):
         if variant == "a":
@@ -136,7 +158,7 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
             for clean, augmented in chunk:
                 authors_train_step(model, optimizer, clean, augmented, device)
         else:
-            train_epoch(model, chunk, optimizer, device, mrkd_objective, None, execution)
+            train_epoch(model, chunk, optimizer, device, mrkd_objective, draws, execution, captured=captured)
 
     train(batches[:options.warmup])
     synchronize(device)
@@ -169,6 +191,87 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
             "peak_gib": peak, "eval_seconds": eval_seconds}
 
 
+# MVTec AD's categories with their numbers of training and test images (Bergmann et al., CVPR 2019).
+MVTEC_COUNTS = {
+    "carpet": (280, 117), "grid": (264, 78), "leather": (245, 124), "tile": (230, 117), "wood": (247, 79),
+    "bottle": (209, 83), "cable": (224, 150), "capsule": (219, 132), "hazelnut": (391, 110),
+    "metal_nut": (220, 115), "pill": (267, 167), "screw": (320, 160), "toothbrush": (60, 42),
+    "transistor": (213, 100), "zipper": (240, 151),
+}
+TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+GOOD_FRACTION = 0.25  # of each test set; the rest cycles through the demo's defects
+EPOCH_LINE = re.compile(r"^(\S+) epoch (\d+)/\d+ loss \S+ \(([\d.]+) s\)", re.MULTILINE)
+EVALUATION_LINE = re.compile(r"^(\S+) evaluated in ([\d.]+) s", re.MULTILINE)
+
+
+def write_rehearsal_category(root: Path, category: str, size: int) -> None:
+    """One MVTec-shaped category of demo drawings at size x size (the texture or the nut)."""
+    kind = "demo_texture" if category in TEXTURES else "demo_object"
+    n_train, n_test = MVTEC_COUNTS[category]
+    n_good = round(GOOD_FRACTION * n_test)
+    folder = root / category
+    draws = [("train/good", None, i) for i in range(n_train)] + [("test/good", None, i) for i in range(n_good)]
+    draws += [(f"test/{DEFECTS[i % len(DEFECTS)]}", DEFECTS[i % len(DEFECTS)], i) for i in range(n_test - n_good)]
+    for index, (where, defect, i) in enumerate(draws):
+        sample = make_sample(kind, defect, np.random.default_rng([sorted(MVTEC_COUNTS).index(category), index]))
+        (folder / where).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample.image).resize((size, size), Image.BILINEAR).save(folder / where / f"{i:03d}.png")
+        if defect is not None:
+            mask = Image.fromarray(sample.mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
+            (folder / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+            mask.save(folder / "ground_truth" / defect / f"{i:03d}_mask.png")
+
+
+def make_rehearsal_data(root: Path, size: int) -> Path:
+    """MVTec-shaped data for the rehearsal under root/<size>/, written once (a marker file records it)."""
+    folder = root / str(size)
+    marker = folder / ".complete"
+    if not marker.exists():
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(write_rehearsal_category, [folder] * len(MVTEC_COUNTS), MVTEC_COUNTS,
+                          [size] * len(MVTEC_COUNTS)))
+        marker.write_text("done\n")
+    return folder
+
+
+def rehearse(options: argparse.Namespace) -> None:
+    """Run main.py on MVTec-shaped data for a few epochs and project the full reproduction."""
+    started = time.perf_counter()
+    data = make_rehearsal_data(Path(options.data), options.size)
+    print(f"data: {data} ({time.perf_counter() - started:.0f} s)", flush=True)
+    categories = list(MVTEC_COUNTS)[:options.categories]
+    path = "fast" if options.fast else "faithful"
+    arguments = [f"--data_dir={data}", f"--categories={','.join(categories)}", f"--epochs={options.epochs}",
+                 f"--image_size={options.size}", f"--backbone={options.backbone}", "--weights=none", f"--fast={options.fast}", "--overwrite=True",
+                 f"--run_name=rehearsal_{options.ranks}_{path}", f"--results_dir={options.data}/results",
+                 f"--checkpoint_dir={options.data}/checkpoints", f"--device={options.device}"]
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={options.ranks}"]
+                if options.ranks > 1 else [sys.executable])
+    started = time.perf_counter()
+    finished = subprocess.run([*launcher, "main.py", *arguments], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    log = Path(options.data) / f"rehearsal_{options.ranks}_{path}.log"
+    log.write_text(finished.stdout + finished.stderr)
+    if finished.returncode != 0:
+        sys.exit(f"main.py failed (exit {finished.returncode}); its output is in {log}")
+    epochs: dict[str, list[float]] = {}
+    for category, epoch, seconds in EPOCH_LINE.findall(finished.stdout):
+        if int(epoch) > 1:  # the first epoch also pays for cuDNN's autotuner and the graph capture
+            epochs.setdefault(category, []).append(float(seconds))
+    steady = {category: statistics.median(times) for category, times in epochs.items()}
+    evaluations = [float(seconds) for _, seconds in EVALUATION_LINE.findall(finished.stdout)]
+    # Each rank runs every ranks-th category; the run lasts as long as its slowest rank.
+    slowest = max(sum(steady[c] for c in categories[rank::options.ranks]) for rank in range(options.ranks))
+    scale = len(MVTEC_COUNTS) / len(categories)  # a rehearsal of fewer categories speaks for all 15
+    projected = scale * (wall + (CONSTANTS["EPOCHS"] - options.epochs) * slowest)
+    images = sum(MVTEC_COUNTS[c][0] for c in categories)
+    print(f"{len(categories)} categories, {options.epochs} epochs, {options.ranks} ranks, {path}: {wall:.0f} s; "
+          f"steady epoch over all categories {sum(steady.values()):.1f} s of rank time "
+          f"({images / sum(steady.values()) * options.ranks:.0f} images/s together), "
+          f"evaluation {statistics.mean(evaluations):.1f} s per category; log in {log}")
+    print(f"projected full reproduction: {projected / 60:.1f} min ({options.ranks} ranks, {path})")
+
+
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -186,7 +289,16 @@ def main() -> None:
     parser.add_argument("--eval_images", type=int, default=150, help="test images of the evaluated category")
     parser.add_argument("--variants", default="abc", help="which of a, b, c to run")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path (c)")
+    parser.add_argument("--rehearsal", action="store_true", help="rehearse the full MVTec AD reproduction")
+    parser.add_argument("--ranks", type=int, default=1, help="rehearsal: torchrun processes sharing the device")
+    parser.add_argument("--fast", action="store_true", help="rehearsal: the fast path (FAST=True)")
+    parser.add_argument("--epochs", type=int, default=3, help="rehearsal: epochs per category (at least 2)")
+    parser.add_argument("--categories", type=int, default=15, help="rehearsal: the first N MVTec categories")
+    parser.add_argument("--data", default="results/rehearsal", help="rehearsal: where data and runs go")
     options = parser.parse_args()
+    if options.rehearsal:
+        rehearse(options)
+        return
     device = pick_device(options.device)
     print(f"{describe(device)}, torch {torch.__version__}: {options.backbone}, {options.size}x{options.size}, "
           f"batch {options.batch}, {options.steps} timed steps, {options.eval_images} test images")
