@@ -14,11 +14,11 @@ for stage in "$@"; do
     tests) python3 -m pytest -q -p no:cacheprovider ;;
     benchmark) python3 -m model.benchmark --variants=abcd ;;
     compile) python3 -m model.benchmark --variants=c --compile ;;
-    rehearsal) python3 -m model.benchmark --rehearsal --fast --ranks=4 --data="$out/rehearsal" &&
-               python3 -m model.benchmark --rehearsal --fast --ranks=1 --data="$out/rehearsal" &&
-               python3 -m model.benchmark --rehearsal --ranks=4 --data="$out/rehearsal" &&
-               python3 -m model.benchmark --rehearsal --ranks=1 --data="$out/rehearsal" ;;
-    demo) /usr/bin/time -f "demo: %e s" python3 main.py --demo --results_dir="$out/demo" --checkpoint_dir="$out/demo" ;;
+    rehearsal) python3 -m model.benchmark --rehearsal --fast --ranks=4 --data=/tmp/rehearsal &&
+               python3 -m model.benchmark --rehearsal --fast --ranks=1 --data=/tmp/rehearsal &&
+               python3 -m model.benchmark --rehearsal --ranks=4 --data=/tmp/rehearsal &&
+               python3 -m model.benchmark --rehearsal --ranks=1 --data=/tmp/rehearsal ;;
+    demo) /usr/bin/time -f "demo: %e s" python3 main.py --demo --results_dir=/tmp/demo --checkpoint_dir=/tmp/demo ;;
     *) echo "unknown stage $stage" ;;
   esac 2>&1 | tee "$out/$stage.log" | grep -v -E "training:|loading|checking files" | tail -25
 done
