@@ -278,7 +278,7 @@ def describe(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
 
 
-def main() -> None:
+def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--backbone", default=CONSTANTS["BACKBONE"])
@@ -320,4 +320,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -153,7 +153,9 @@ class CapturedStep:
 
     def eager(self, clean: torch.Tensor, augmented: torch.Tensor | None, draws: MaskDraws) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=False)  # the graph's gradient buffers stay where it reads them
-        with self.execution.autocast(clean.device):
+        # No weight-cast cache, as in the graph: the same autocast state, so torch.compile's
+        # guards hold and nothing is compiled while the graph is captured.
+        with self.execution.autocast(clean.device, cache=False):
             loss = self.objective(self.model, clean, augmented, draws)
         loss.backward()
         self.optimizer.step()
