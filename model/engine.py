@@ -106,19 +106,29 @@ def execution_for(device: torch.device, fast: bool) -> Execution:
 
 
 class StaticDraws(MaskDraws):
-    """The FLM draws of a captured step: buffers the graph reads, refilled before each replay."""
+    """The FLM draws of a captured step: buffers the graph reads, refilled before each replay.
 
-    def __init__(self) -> None:
+    The buffers are made while one eager step records the shapes it draws, before the
+    capture: a buffer allocated during the capture would be re-initialised by every replay.
+    """
+
+    def __init__(self, generator: torch.Generator):
+        super().__init__(generator)
         self.buffers: list[torch.Tensor] = []
+        self.served: int | None = None  # None while recording
 
     def uniform(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        self.buffers.append(torch.empty(shape, device=device))  # during capture: in the graph's order
-        return self.buffers[-1]
+        if self.served is None:
+            self.buffers.append(torch.empty(shape, device=device))
+            return super().uniform(shape, device)
+        self.served += 1
+        return self.buffers[self.served - 1]
 
     def refill(self, source: MaskDraws) -> None:
-        """Draw from `source` what the eager step would draw, in the same order."""
+        """Draw from `source` what the eager step would draw, in its order, and serve the buffers."""
         for buffer in self.buffers:
             buffer.copy_(source.uniform(tuple(buffer.shape), torch.device("cpu")))
+        self.served = 0
 
 
 class CapturedStep:
@@ -167,22 +177,26 @@ class CapturedStep:
         self.augmented = None if augmented is None else augmented.clone(memory_format=torch.preserve_format)
         saved_weights = {name: value.clone() for name, value in self.model.state_dict().items()}
         saved_state = {p: {k: v.clone() for k, v in state.items()} for p, state in self.optimizer.state.items()}
-        warm_up = MaskDraws(torch.Generator().manual_seed(0))
+        self.draws = StaticDraws(torch.Generator().manual_seed(0))  # the first warm-up step records
+        warm_up = MaskDraws(torch.Generator().manual_seed(1))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):
                 self.optimizer.zero_grad(set_to_none=True)
-                self.eager(self.clean, self.augmented, warm_up)
+                self.eager(self.clean, self.augmented, self.draws)
+                self.draws.refill(warm_up)
         torch.cuda.current_stream().wait_stream(stream)
         with torch.no_grad():  # in place: the graph records these tensors' addresses
             for name, value in self.model.state_dict().items():
                 value.copy_(saved_weights[name])
             for parameter, state in self.optimizer.state.items():
                 for key, value in state.items():
-                    value.copy_(saved_state[parameter][key]) if parameter in saved_state else value.zero_()
+                    if parameter in saved_state:
+                        value.copy_(saved_state[parameter][key])
+                    else:  # a fresh Adam: no step taken yet
+                        value.zero_()
         self.optimizer.zero_grad(set_to_none=True)
-        self.draws = StaticDraws()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             with self.execution.autocast(clean.device, cache=False):  # no weight-cast cache across replays
@@ -271,6 +285,8 @@ def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scorin
     model.eval()
     draws = MaskDraws(torch.Generator().manual_seed(scoring.seed))
     all_scores, all_maps = [], []
+    # Test batches come in few shapes, each seen a few times: tuning cuDNN for each costs more than it saves.
+    autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     for batch in loader:
         images = execution.to_device(batch[0], device)
         with execution.autocast(device):
@@ -281,6 +297,7 @@ def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scorin
         maps = gaussian_blur(anomaly_map(distances, scoring.image_size), scoring.sigma)  # (B, S, S)
         all_scores.append(IMAGE_SCORES[scoring.image_score](distances, maps))
         all_maps.append(maps)
+    torch.backends.cudnn.benchmark = autotune
     return torch.cat(all_scores).cpu().numpy(), torch.cat(all_maps).cpu().numpy()
 
 

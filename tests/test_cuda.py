@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import main
 from model import mrkd_objective
-from model.engine import CapturedStep, execution_for, train_epoch
+from model.engine import CapturedStep, Execution, execution_for, train_epoch
 from model.generator import MaskDraws
 from tests.helpers import model_for, read_rows
 
@@ -24,23 +24,25 @@ def test_faithful_runs_repeat_exactly_on_cuda(tmp_path, demo_args):
         read_rows(tmp_path / "results" / "second" / "metrics.csv")
 
 
-def test_captured_step_follows_the_eager_fast_step():
-    """The graph replays the eager step: the same losses to bf16 rounding, the last short batch eagerly."""
+def test_captured_step_replays_the_eager_step():
+    """In fp32 with cuDNN's deterministic algorithms, the graph gives the eager step's losses:
+    the same weights, masks, gradients and Adam updates; the epoch's short last batch runs eagerly.
+    (In bf16 two executions differ by rounding that training amplifies, so bf16 cannot show it.)"""
     device = torch.device("cuda")
+    execution_for(device, fast=False)  # deterministic cuDNN
     images = torch.randn(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     batches = DataLoader(TensorDataset(images, images.flip(-1)), batch_size=4)  # 4, 4 and a short 2
     losses = []
     for capture in (False, True):
         torch.manual_seed(0)
-        execution = execution_for(device, fast=True)
-        model = model_for("resnet18").to(device).to(memory_format=torch.channels_last)
+        execution = Execution(capture=True)
+        model = model_for("resnet18").to(device)
         optimizer = execution.optimizer(model.trainable_parameters(), 0.005, (0.5, 0.999), 0.0)
         captured = CapturedStep(model, optimizer, mrkd_objective, execution) if capture else None
         losses.append([train_epoch(model, batches, optimizer, device, mrkd_objective,
                                    MaskDraws(torch.Generator().manual_seed(1)), execution, captured=captured)
                        for _ in range(3)])
-    eager, graphed = np.array(losses[0]), np.array(losses[1])
-    assert np.all(np.abs(graphed - eager) / eager < 2e-2), (eager, graphed)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
 
 
 def test_compile_runs_on_cuda(tmp_path, demo_args):
