@@ -15,7 +15,6 @@ for stage in "$@"; do
     benchmark) python3 -m model.benchmark --variants=abcd ;;
     compile) python3 -m model.benchmark --variants=c --compile ;;
     rehearsal) python3 -m model.benchmark --rehearsal --fast --ranks=4 --data=/tmp/rehearsal &&
-               python3 -m model.benchmark --rehearsal --fast --ranks=1 --data=/tmp/rehearsal &&
                python3 -m model.benchmark --rehearsal --ranks=4 --data=/tmp/rehearsal &&
                python3 -m model.benchmark --rehearsal --ranks=1 --data=/tmp/rehearsal ;;
     demo) /usr/bin/time -f "demo: %e s" python3 main.py --demo --results_dir=/tmp/demo --checkpoint_dir=/tmp/demo ;;
