@@ -192,7 +192,6 @@ class Run:
 
     def __post_init__(self) -> None:
         check([
-            (self.method in METHODS, f"METHOD must be one of {', '.join(METHODS)}"),
             (self.experiment in ("", *PRESETS), f"EXPERIMENT must be one of {', '.join(PRESETS)}"),
             (self.workers >= 0 and self.checkpoint_every >= 1 and self.eval_every >= 0,
              "WORKERS and EVAL_EVERY must be at least 0, CHECKPOINT_EVERY at least 1"),
@@ -397,7 +396,7 @@ def run_categories(settings: Settings, results: Path, checkpoints: Path) -> list
     files = {category: category_files(settings.training.dataset, run.data_dir, category) for category in categories}
     ranks.agree(lambda: check_files({category: files[category] for category in mine}))
     device = pick_device(run.device, ranks.local_rank)
-    ranks.agree(lambda: claim_folders(run, settings.constants, results, checkpoints) if ranks.rank == 0 else None)
+    ranks.agree(lambda: claim_folders(run, settings.constants, results, checkpoints), only_rank=0)
     paper = paper_rows(run.method, settings.training, categories)
     print(f"Run {run.run_name!r} ({run.method}) on {device}: {len(mine)} of {len(categories)} categories"
           f"{f' (rank {ranks.rank} of {ranks.world})' if ranks.world > 1 else ''}; results and figures in "

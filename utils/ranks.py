@@ -45,11 +45,12 @@ class Ranks:
         dist.all_gather_object(values, value)
         return values
 
-    def agree(self, work: Callable[[], None]) -> None:
-        """Run `work` on this rank; if it raises InputError on any rank, raise it on every rank
-        (rank 0 prints it), so that no rank goes on alone."""
+    def agree(self, work: Callable[[], None], only_rank: int | None = None) -> None:
+        """Run `work` on every rank (or on `only_rank` alone); if it raises InputError on any
+        rank, raise it on every rank (rank 0 prints it), so that no rank goes on alone."""
         try:
-            work()
+            if only_rank in (None, self.rank):
+                work()
             message = None
         except InputError as error:
             message = str(error)
