@@ -6,7 +6,7 @@ from torch import nn
 
 from model import drd
 from model.bottleneck import CascadeFusionBottleneck, OneClassBottleneck
-from model.generator import Generator
+from model.generator import Generator, MaskGenerator
 from model.loss import distillation_loss
 from model.student import ReversedStudent
 from model.teacher import BACKBONES, Teacher
@@ -50,8 +50,7 @@ class MRKD(nn.Module):
         target, inputs = self.teacher_pair(images, augmented)
         return target, self.decode(inputs, mask_generator)
 
-    def decode(self, features: list[torch.Tensor], mask_generator: torch.Generator | None = None
-               ) -> list[torch.Tensor]:
+    def decode(self, features: list[torch.Tensor], mask_generator: MaskGenerator = None) -> list[torch.Tensor]:
         """Teacher features f_T -> restored features f_G = G(S(B(f_T)) * M), Eq. (1)-(3)."""
         return self.restore(self.student(self.bottleneck(features)), mask_generator)
 
@@ -76,8 +75,7 @@ class MRKD(nn.Module):
         both = self.teacher(torch.cat([images, augmented]))
         return [f[: len(images)] for f in both], [f[len(images):] for f in both]
 
-    def restore(self, student: list[torch.Tensor], mask_generator: torch.Generator | None = None
-                ) -> list[torch.Tensor]:
+    def restore(self, student: list[torch.Tensor], mask_generator: MaskGenerator = None) -> list[torch.Tensor]:
         """FLM, Eq. (2)-(3): f_G^l = G^l(f_S^l * M^l); without FLM the student's features as they are.
 
         Only this step is random, so K test-time masks need K calls of it, not K passes
