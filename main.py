@@ -366,14 +366,16 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
             tqdm.write(str(error))
             return {"category": category, "status": "diverged"}
     values, scores, maps = evaluate()
+    # The decision threshold for new images (--predict), chosen on the test set: the best F1 it allows.
+    threshold = metrics.f1_threshold(test_set.labels, scores)
     anomalous = np.flatnonzero(test_set.labels == 1)
     examples = anomalous[np.linspace(0, len(anomalous) - 1, min(4, len(anomalous))).round().astype(int)]
     images = torch.stack([test_set[i][0] for i in examples])
     features = pca_project(*level1_features(model, images, device, settings.scoring.seed))
     save_predictions(results / "predictions" / f"{category}.npz", category, scores, test_set.labels,
-                     [sample.defect for sample in test_set.samples], values, test_set.masks, maps,
+                     [sample.defect for sample in test_set.samples], values, threshold, test_set.masks, maps,
                      test_set.images, examples, *features)
-    return {"category": category, **values, "status": "ok"}
+    return {"category": category, **values, "threshold": threshold, "status": "ok"}
 
 
 def run_categories(settings: Settings, results: Path, checkpoints: Path) -> list[dict[str, Any]]:

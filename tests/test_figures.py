@@ -50,8 +50,8 @@ def fake_predictions(path: Path, n: int = 12, k: int = 3, size: int = 64, channe
     np.savez_compressed(
         path, category=path.stem, scores=scores, labels=labels, defects=defects,
         metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
-        pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=example_index,
-        example_images=images[example_index], example_masks=masks[example_index],
+        threshold=np.float64(metrics.f1_threshold(labels, scores)), pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr,
+        example_index=example_index, example_images=images[example_index], example_masks=masks[example_index],
         example_maps=maps[example_index], feature_input=feature_input, feature_restored=feature_restored)
     return load_predictions(path)
 
@@ -74,6 +74,7 @@ def test_load_predictions_round_trip(tmp_path):
     assert pred["defects"][0] == "good" and pred["defects"][-1] in ("crack", "hole")
     assert pred["feature_input"].shape == pred["feature_restored"].shape == (3, 16, 16, 3)
     assert pred["metrics_names"].tolist() == ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
+    assert isinstance(pred["threshold"], float) and pred["threshold"] in pred["scores"]
 
 
 def test_pca_project_matches_sklearn_with_fixed_signs():

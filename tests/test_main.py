@@ -2,13 +2,18 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import main
 import model
+from dataset import category_files
 from tests.helpers import error_message, read_rows
+from utils import metrics
 from utils.config import parse_overrides
+from utils.figures import load_predictions
 
 METRIC_NAMES = ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
 
@@ -97,11 +102,15 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     assert f"checkpoints in {tmp_path / 'checkpoints' / 'demo'}" in out and "no NSA constants" not in out
     rows = read_rows(run / "metrics.csv")
     assert [row["category"] for row in rows] == ["demo_texture", "mean"]
-    assert list(rows[0]) == ["category", *METRIC_NAMES, "status"]
+    assert list(rows[0]) == ["category", *METRIC_NAMES, "threshold", "status"]
     assert all(0 <= float(rows[0][name]) <= 1 for name in METRIC_NAMES)
     assert json.loads((run / "config.json").read_text())["EPOCHS"] == 1
     assert (run / "metrics.md").read_text().startswith("| category |")
-    assert (run / "predictions" / "demo_texture.npz").exists()
+    # The decision threshold for new images: the best F1 on the test scores, in the table and the predictions.
+    evaluated = load_predictions(run / "predictions" / "demo_texture.npz")
+    assert float(rows[0]["threshold"]) == evaluated["threshold"] == \
+        metrics.f1_threshold(evaluated["labels"], evaluated["scores"])
+    assert rows[1]["threshold"] == "" and f"threshold {float(rows[0]['threshold']):.4g}" in out
     assert (run / "figures" / "demo_texture_examples.png").exists()
     # A finished category keeps its weights, not the optimiser's state.
     checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_texture.pt", weights_only=True)

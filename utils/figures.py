@@ -6,6 +6,9 @@ by main.py; N test images, k examples, S image side, h = w = S / 4):
   defects (N,) str, "good" for normal images;
 - metrics_names (4,) str and metrics_values (4,) float64: image_auroc, pixel_auroc,
   aupro, aupro_per_image as fractions;
+- threshold: 0-d float64, the image score at and above which an image is called anomalous
+  (`utils.metrics.f1_threshold` of the test set), used with the min and max of `scores`
+  to score new images (main.py --predict);
 - pixel_fpr, pixel_tpr (P,) float32: the pixel ROC curve from `utils.metrics.roc_curve`;
 - example_index (k,) int64 into the test set; example_images (k, S, S, 3) uint8;
   example_masks (k, S, S) bool; example_maps (k, S, S) float32 smoothed anomaly maps;
@@ -38,18 +41,21 @@ Predictions = dict[str, Any]
 
 
 def save_predictions(path: Path, category: str, scores: np.ndarray, labels: np.ndarray, defects: list[str],
-                     values: dict[str, float], masks: np.ndarray, maps: np.ndarray, images: np.ndarray,
-                     examples: np.ndarray, feature_input: np.ndarray, feature_restored: np.ndarray) -> None:
+                     values: dict[str, float], threshold: float, masks: np.ndarray, maps: np.ndarray,
+                     images: np.ndarray, examples: np.ndarray, feature_input: np.ndarray,
+                     feature_restored: np.ndarray) -> None:
     """Write one category's predictions in the schema above (the module docstring).
 
-    scores (N,), labels (N,), defects N names, values the four metrics, masks (N, S, S),
-    maps (N, S, S), images (N, S, S, 3) uint8; examples (k,) indices of the test images
-    kept whole; feature_input and feature_restored (k, h, w, 3) from pca_project.
+    scores (N,), labels (N,), defects N names, values the four metrics, threshold the
+    decision threshold, masks (N, S, S), maps (N, S, S), images (N, S, S, 3) uint8;
+    examples (k,) indices of the test images kept whole; feature_input and
+    feature_restored (k, h, w, 3) from pca_project.
     """
     pixel_fpr, pixel_tpr = roc_curve(masks.ravel(), maps.ravel())
     np.savez_compressed(
         path, category=category, scores=scores, labels=labels, defects=np.array(defects),
         metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
+        threshold=np.float64(threshold),
         pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=examples,
         example_images=images[examples], example_masks=masks[examples], example_maps=maps[examples],
         feature_input=feature_input, feature_restored=feature_restored,
