@@ -1,4 +1,5 @@
-"""Find the training and test files of one category of MVTec AD, BTAD or MTD.
+"""Find the training and test files of one category of MVTec AD, BTAD or MTD, and
+the images under a path to score with a trained run.
 
 Only paths are gathered here; `dataset/images.py` decodes them. Every problem
 with the folders is reported as an InputError with one sentence a user can act
@@ -104,6 +105,30 @@ def list_categories(dataset: str, root: str | Path) -> tuple[str, ...]:
     if dataset == "mtd":
         return CATEGORIES["mtd"]
     return tuple(folder.name for folder in _subfolders(root))
+
+
+def images_under(path: str | Path) -> list[Path]:
+    """The image file `path`, or every image below the folder `path` (any depth, hidden
+    files and folders skipped), sorted; suffixes as IMAGE_SUFFIXES, in any case.
+
+    An InputError when the path does not exist, is not an image, or holds no image.
+    """
+    path = Path(path).expanduser()
+    kinds = ", ".join(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{path} is not an image ({kinds}); give an image file or a folder of images.")
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path} does not exist; give an image file or a folder of images to score.")
+    images = sorted(
+        file for file in path.rglob("*")
+        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in file.relative_to(path).parts)
+    )
+    if not images:
+        raise InputError(f"No images ({kinds}) under {path}; give a folder that holds the images to score.")
+    return images
 
 
 def _checked_root(dataset: str, root: str | Path) -> Path:

@@ -240,6 +240,31 @@ class TestImages(Dataset):
         return to_tensor(self.images[index]), mask, int(self.labels[index])
 
 
+class ImageFiles(Dataset):
+    """Images to score with a trained model, decoded when an item is asked for (in the
+    DataLoader's workers), so that a folder of any size streams through in batches.
+
+    An item is (index, image (3, S, S) float32 normalised, pixels (S, S, 3) uint8, problem):
+    problem is "" for a readable file; for an unreadable one it is the sentence saying why,
+    with zeros in place of the image, so that one broken file never stops the others.
+    """
+
+    def __init__(self, files: list[Path], image_size: int):
+        self.files = list(files)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, np.ndarray, str]:
+        try:
+            pixels = load_image(self.files[index], self.image_size).copy()  # writable, as collation wants
+        except InputError as error:
+            pixels = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+            return index, to_tensor(pixels), pixels, str(error)
+        return index, to_tensor(pixels), pixels, ""
+
+
 def _preload(paths: list[Path], image_size: int, description: str) -> np.ndarray:
     """Decode and resize every image once. Returns (N, S, S, 3) uint8, read-only so
     that no augmentation can alter the cache in place."""

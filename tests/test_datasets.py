@@ -361,6 +361,40 @@ def test_test_images(tmp_path):
     assert dataset[4][1].sum() == 0 and dataset[4][2] == 0
 
 
+# ---- new images to score ----------------------------------------------------
+
+def test_images_under_a_folder_any_depth_and_case(tmp_path):
+    found = [_write(tmp_path / name, _noise(0)) for name in ("b.PNG", "a/c.jpg", "a/deep/d.BMP", "e.TIF")]
+    (tmp_path / "notes.txt").write_text("not an image")
+    _write(tmp_path / ".hidden" / "f.png", _noise(0))
+    _write(tmp_path / "a" / ".g.png", _noise(0))
+    assert folders.images_under(tmp_path) == sorted(found)
+    assert folders.images_under(found[1]) == [found[1]]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "{path} does not exist; give an image file or a folder of images to score."),
+    ("empty", "No images (png, jpg, jpeg, bmp, tif, tiff) under {path}; give a folder"),
+    ("not an image", "{path} is not an image (png, jpg, jpeg, bmp, tif, tiff);"),
+])
+def test_images_under_a_path_without_images_is_one_sentence(tmp_path, case, message):
+    path = {"missing": tmp_path / "nowhere", "empty": tmp_path, "not an image": tmp_path / "notes.txt"}[case]
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match=re.escape(message.format(path=path))):
+        folders.images_under(path)
+
+
+def test_image_files_report_an_unreadable_file_and_load_the_others(tmp_path):
+    good, broken = _write(tmp_path / "good.png", _noise(0)), tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    dataset = images.ImageFiles([good, broken], 16)
+    index, image, pixels, problem = dataset[0]
+    assert (index, problem) == (0, "") and image.shape == (3, 16, 16)
+    np.testing.assert_array_equal(pixels, images.load_image(good, 16))
+    index, image, pixels, problem = dataset[1]
+    assert index == 1 and problem.startswith(f"Cannot read image {broken} (") and not pixels.any()
+
+
 # ---- training pairs and their randomness ----------------------------------
 
 @pytest.fixture

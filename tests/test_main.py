@@ -241,3 +241,66 @@ def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp
     assert main.main(demo_args(f"--data_dir={data}")) == 0
     assert "demo_texture: skipped, its test set holds no anomalous image to evaluate on." in capsys.readouterr().out
     assert read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "no anomalous test image"
+
+def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
+    assert main.main(demo_args("--categories=demo_object")) == 0
+    run = tmp_path / "results" / "demo"
+    evaluated = load_predictions(run / "predictions" / "demo_object.npz")
+    test_images = [sample.image for sample in category_files("mvtec", demo_dir, "demo_object").test]
+    # New images in nested folders, suffixes in any case, one unreadable file.
+    new = tmp_path / "new"
+    chosen = {new / "a" / "000.png": "good/000.png", new / "b" / "IMG.PNG": "missing/001.png",
+              new / "b" / "c" / "scan.bmp": "scratch/002.png"}
+    for path, source in chosen.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(demo_dir / "demo_object" / "test" / source).save(path)
+    broken = new / "broken.png"
+    broken.write_bytes(b"not an image")
+    predict = ["--run_name=demo", f"--results_dir={tmp_path}/results", "--categories=demo_object"]
+    capsys.readouterr()
+
+    assert main.main([*predict, f"--predict={new}"]) == 1
+    err = error_message(capsys.readouterr().err)
+    assert err.startswith(f"error: Cannot read image {broken} (") and err.count("\n") == 1
+    table = run / "predict" / "demo_object.csv"
+    rows = read_rows(table)
+    assert list(rows[0]) == ["path", "score", "normalized_score", "anomalous"]
+    assert [row["path"] for row in rows] == [str(path) for path in sorted(chosen)]
+    # Scored exactly as the test set was: the same checkpoint, settings and per-image FLM masks.
+    scores = np.array([float(row["score"]) for row in rows])
+    expected = [evaluated["scores"][test_images.index(demo_dir / "demo_object" / "test" / chosen[path])]
+                for path in sorted(chosen)]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    threshold, low, high = evaluated["threshold"], evaluated["scores"].min(), evaluated["scores"].max()
+    assert [row["anomalous"] for row in rows] == [str(score >= threshold) for score in scores]
+    np.testing.assert_allclose([float(row["normalized_score"]) for row in rows],
+                               metrics.normalized_scores(scores, threshold, low, high), rtol=1e-6)
+    for overlay in ("a/000.png.png", "b/IMG.PNG.png", "b/c/scan.bmp.png"):
+        assert (run / "predict" / "demo_object" / overlay).read_bytes()[:4] == b"\x89PNG"
+
+    # Every call gives the same scores; one image alone scores as it did among the others.
+    broken.unlink()
+    assert main.main([*predict, f"--predict={new}"]) == 0
+    assert read_rows(table) == rows
+    single = new / "b" / "IMG.PNG"
+    assert main.main(["--run_name=demo", f"--results_dir={tmp_path}/results", f"--predict={single}"]) == 0
+    np.testing.assert_allclose(float(read_rows(table)[0]["score"]), scores[1], rtol=1e-5)
+
+    # Each failure is one sentence.
+    (tmp_path / "results" / "broken").mkdir()
+    (tmp_path / "results" / "broken" / "config.json").write_text('{"EPOCHS": 1}')
+    (tmp_path / "empty").mkdir()
+    for arguments, message in [
+        ([*predict, f"--predict={new}", "--epochs=3"], "leave out --epochs."),
+        (["--run_name=nothing", f"--results_dir={tmp_path}/results", f"--predict={new}"], "No trained run 'nothing'"),
+        (["--run_name=broken", f"--results_dir={tmp_path}/results", f"--predict={new}"],
+         "Cannot rebuild the configuration of run 'broken'"),
+        ([*predict, "--categories=demo_texture", f"--predict={new}"],
+         "Run 'demo' has no checkpoint of category 'demo_texture'"),
+        ([*predict, f"--predict={tmp_path / 'empty'}"], f"No images (png, jpg, jpeg, bmp, tif, tiff) under {tmp_path}"),
+    ]:
+        capsys.readouterr()
+        assert main.main(arguments) == 1
+        err = error_message(capsys.readouterr().err)
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+

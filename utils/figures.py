@@ -16,7 +16,8 @@ by main.py; N test images, k examples, S image side, h = w = S / 4):
   features of the examples projected by `pca_project` fitted on the input features.
 
 Figures: Fig. 6 `figure_score_density`, Fig. 7 `figure_examples`, ROC curves
-`figure_roc`, Fig. 9 `figure_features`, Fig. 11 `figure_lambda_sweep`.
+`figure_roc`, Fig. 9 `figure_features`, Fig. 11 `figure_lambda_sweep`; for a new image
+scored with --predict, `figure_overlay`.
 Figures are `matplotlib.figure.Figure` objects rendered by Agg, never registered with
 pyplot: no global state, no backend to select, and each is freed once saved.
 """
@@ -154,6 +155,25 @@ def figure_examples(pred: Predictions, path: Path) -> None:
     # The bar shows the colour map itself, not its half-transparent overlay.
     figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=grid[:, 2], label="anomaly score")
     figure.suptitle(f"{pred['category']}: localisation, pixel AU-ROC {_metrics(pred)['pixel_auroc']:.1%}")
+    _save(figure, path)
+
+
+def figure_overlay(image: np.ndarray, anomaly_map: np.ndarray, scale: tuple[float, float], title: str,
+                   path: Path) -> None:
+    """A new image with its anomaly map over it (jet, half transparent) and the score in the title.
+
+    image (S, S, 3) uint8, anomaly_map (S, S); scale: the (min, max) of the colour map,
+    the same for every image of a category (its Fig. 7 examples' range), so that a hotter
+    colour means a higher score on every overlay.
+    """
+    figure = Figure(figsize=(4.6, 4.0), dpi=DPI, layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(image)
+    heat = axes.imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=scale[0], vmax=scale[1])
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_title(title, fontsize=9)
+    figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=axes, label="anomaly score")
     _save(figure, path)
 
 
