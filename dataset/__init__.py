@@ -1,12 +1,13 @@
 """Data: file discovery (folders), torch datasets (images), synthetic demo data
 (demo) and natural synthetic anomalies for image-level masking (nsa)."""
 
-from dataset.demo import make_demo_dataset
+from dataset.demo import make_demo_dataset, make_demo_visa
 from dataset.folders import (
     CATEGORIES,
     DATASET_URLS,
     MTD_SPLIT_SEED,
     MVTEC_CATEGORIES,
+    VISA_CATEGORIES,
     CategoryFiles,
     TestSample,
     category_files,
@@ -33,6 +34,7 @@ __all__ = [
     "IMAGENET_STD",
     "MTD_SPLIT_SEED",
     "MVTEC_CATEGORIES",
+    "VISA_CATEGORIES",
     "CategoryFiles",
     "EpochSampler",
     "ImageFiles",
@@ -45,6 +47,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "make_demo_dataset",
+    "make_demo_visa",
     "seed_worker",
     "to_tensor",
 ]

@@ -36,12 +36,13 @@ def load_image(path: Path, image_size: int) -> np.ndarray:
     return np.asarray(read_rgb(path).resize((image_size, image_size), Image.LANCZOS))
 
 
-def load_mask(path: Path, image_size: int) -> np.ndarray:
+def load_mask(path: Path, image_size: int, numbered: bool = False) -> np.ndarray:
     """Decode a binary ground-truth mask (0 normal, any one other value anomalous, so
     0/1 and 0/255 alike) and resize it with nearest neighbour. Returns (S, S) bool;
-    an InputError for a mask that is not binary."""
+    an InputError for a mask that is not binary. numbered: the mask numbers its defect
+    regions (VisA), so every non-zero value is anomalous and any number of values is fine."""
     values = read_mask(path)
-    problem = mask_problem(path, values)
+    problem = None if numbered else mask_problem(path, values)
     if problem:
         raise InputError(problem)
     anomalous = Image.fromarray((values != 0).astype(np.uint8) * 255)
@@ -224,7 +225,7 @@ class TestImages(Dataset):
         masks = np.zeros((len(self.samples), image_size, image_size), dtype=bool)
         for i, sample in enumerate(self.samples):
             if sample.mask is not None:
-                masks[i] = load_mask(sample.mask, image_size)
+                masks[i] = load_mask(sample.mask, image_size, sample.numbered_mask)
         masks.flags.writeable = False
         self.masks = masks
         # Labels come from the folders: the authors derive them from the masks,

@@ -242,6 +242,7 @@ def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp
     assert "demo_texture: skipped, its test set holds no anomalous image to evaluate on." in capsys.readouterr().out
     assert read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "no anomalous test image"
 
+
 def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     assert main.main(demo_args("--categories=demo_object")) == 0
     run = tmp_path / "results" / "demo"
@@ -304,3 +305,14 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
         err = error_message(capsys.readouterr().err)
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
+
+def test_a_visa_layout_trains_and_evaluates_end_to_end(tmp_path, plain_args, visa_dir, capsys):
+    visa = ("--dataset=visa", f"--data_dir={visa_dir}")
+    assert main.main(plain_args(*visa, "--categories=")) == 1  # VisA's own 12 categories are not there
+    assert error_message(capsys.readouterr().err) == (
+        f"error: Category 'candle' not found in {visa_dir / 'split_csv' / '1cls.csv'}; found: demo_texture, "
+        f"demo_object.\n")
+    assert main.main(plain_args(*visa, "--categories=demo_object")) == 0
+    rows = read_rows(tmp_path / "results" / "plain" / "metrics.csv")
+    assert rows[0]["category"] == "demo_object" and rows[0]["status"] == "ok" and float(rows[0]["threshold"]) > 0
+    assert "paper" not in (tmp_path / "results" / "plain" / "metrics.md").read_text()
