@@ -6,6 +6,7 @@ category, evaluates it after the last epoch and prints the paper's metrics.
     python main.py                          # the paper's MVTec AD run, all 15 categories
     python main.py --demo                   # the whole pipeline on generated demo data, CPU minutes
     python main.py --categories=bottle,cable --epochs=50 --run_name=try1
+    python main.py --run_name=try1 --categories=bottle --predict=new_images/   # score new images
     python main.py --help                   # the constants below, with their sources
 
 Every UPPER_CASE constant below can be overridden as --name=value (lower case;
@@ -20,14 +21,14 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 # ---- constants (each names its source) -------------------------------------------------
 # Data
 DATA_DIR = "data/mvtec_anomaly_detection"  # where the dataset is unpacked
-DATASET = "mvtec"               # "mvtec" (Tables 1-2), "mtd" (Table 3) or "btad" (Table 4); Sec. 4.1
+DATASET = "mvtec"               # Sec. 4.1: "mvtec" (Tables 1-2), "mtd" (Table 3), "btad" (Table 4); or "visa" (VisA)
 CATEGORIES = ()                 # categories to run; empty: every category of DATASET
 IMAGE_SIZE = 256                # Sec. 4.1: images resized to 256x256
 # Method
@@ -70,6 +71,7 @@ OVERWRITE = False               # allow a new run to replace an existing run's r
 FIGURES = True                  # draw Fig. 6, 7, 9 and ROC curves per category into results/<run>/figures/
 DEMO = False                    # run on generated demo data with DEMO_CONFIG below
 EXPERIMENT = ""                 # a preset of utils/presets.py: table3 ... table8, fig11, family (every row at once)
+PREDICT = ""                    # score the images under this path with the run's trained checkpoints (no training)
 # ----------------------------------------------------------------------------------------
 CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isupper()}
 
@@ -90,6 +92,12 @@ METHODS = {
     "drd": dict(LOSS="drd", BOTTLENECK="mfcf", SYNTHESIS="drd", IMAGE_SCORE="refined", FLM=False, ILM=True,
                 WEIGHT_DECAY=1e-5, BATCH_SIZE=4),
 }
+
+# What --predict takes from the command line: which run, what to score and how on this machine.
+# Every other constant comes from the run's config.json, so that new images are scored exactly
+# as its test set was. BATCH_SIZE here is the scoring batch only: a score does not depend on it.
+PREDICT_OVERRIDES = ("PREDICT", "RUN_NAME", "RESULTS_DIR", "CHECKPOINT_DIR", "CATEGORIES", "DEVICE", "WORKERS",
+                     "COMPILE", "BATCH_SIZE")
 # ----------------------------------------------------------------------------------------
 
 # cuBLAS repeats its results only with a fixed workspace; set before torch starts CUDA.
@@ -101,9 +109,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
-from dataset import CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
+from dataset import (CategoryFiles, EpochSampler, ImageFiles, TestImages, TrainImages, category_files,  # noqa: E402
+                     images_under, seed_worker)
 from dataset.check import check_files  # noqa: E402
 from dataset.demo import make_demo_dataset  # noqa: E402
+from dataset.folders import listed_error  # noqa: E402
 from dataset.images import SYNTHESES  # noqa: E402
 from dataset.nsa import MODES as NSA_MODES  # noqa: E402
 from model import BOTTLENECKS, MRKD, OBJECTIVES, build_model  # noqa: E402
@@ -114,11 +124,12 @@ from model.teacher import check_backbone  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import bundle, check, parse_overrides  # noqa: E402
 from utils.errors import InputError  # noqa: E402
-from utils.figures import draw_category, figure_features, figure_lambda_sweep, load_predictions, pca_project, save_predictions  # noqa: E402,E501
+from utils.figures import (draw_category, figure_features, figure_lambda_sweep, figure_overlay,  # noqa: E402
+                           load_predictions, pca_project, save_predictions)
 from utils.paper import PAPER  # noqa: E402
 from utils.presets import PRESETS, Preset, slug  # noqa: E402
 from utils.ranks import Ranks  # noqa: E402
-from utils.report import category_line, with_mean, write_atomically, write_tables  # noqa: E402
+from utils.report import category_line, with_mean, write_atomically, write_csv, write_tables  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,7 @@ class Run:
     eval_only: bool
     overwrite: bool
     figures: bool
+    predict: str
 
     def __post_init__(self) -> None:
         check([
@@ -375,14 +387,16 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
     started = time.perf_counter()
     values, scores, maps = evaluate()
     tqdm.write(f"{category} evaluated in {time.perf_counter() - started:.1f} s")
+    # The decision threshold for new images (--predict), chosen on the test set: the best F1 it allows.
+    threshold = metrics.f1_threshold(test_set.labels, scores)
     anomalous = np.flatnonzero(test_set.labels == 1)
     examples = anomalous[np.linspace(0, len(anomalous) - 1, min(4, len(anomalous))).round().astype(int)]
     images = torch.stack([test_set[i][0] for i in examples])
     features = pca_project(*level1_features(model, images, device, settings.scoring.seed))
     save_predictions(results / "predictions" / f"{category}.npz", category, scores, test_set.labels,
-                     [sample.defect for sample in test_set.samples], values, test_set.masks, maps,
+                     [sample.defect for sample in test_set.samples], values, threshold, test_set.masks, maps,
                      test_set.images, examples, *features)
-    return {"category": category, **values, "status": "ok"}
+    return {"category": category, **values, "threshold": threshold, "status": "ok"}
 
 
 def run_categories(settings: Settings, results: Path, checkpoints: Path) -> list[dict[str, Any]]:
@@ -436,11 +450,15 @@ def run_experiment(name: str, rows: list[Settings], results: Path, checkpoints: 
         categories = run_categories(settings, results / slug(label), folder)
         failed = any(category["status"] == "diverged" for category in categories)
         table_rows.append({**with_mean(categories)[-1], "category": label, "status": "diverged" if failed else "ok"})
-    reported = any(value is not None for row in preset.rows for value in row.paper)
-    paper = {row.label: row.paper for row in preset.rows} if reported else None
-    note = (f"{preset.title}. Ours: the mean over the categories run, each evaluated once after the last "
-            f"epoch; paper: the MVTec AD mean it reports, AU-PRO as the authors compute it (compare with "
-            f"aupro_per_image).")
+    # A row's paper numbers are for the dataset it names (MVTec AD unless it sets DATASET): on another
+    # dataset (--dataset=visa) its paper columns stay empty.
+    paper = {row.label: row.paper for row, settings in zip(preset.rows, rows)
+             if settings.training.dataset == row.constants.get("DATASET", "mvtec")}
+    if not any(value is not None for numbers in paper.values() for value in numbers):
+        paper = None
+    note = f"{preset.title}. Ours: the mean over the categories run, each evaluated once after the last epoch"
+    note += ("; paper: the mean it reports on that dataset, AU-PRO as the authors compute it (compare with "
+             "aupro_per_image)." if paper else "; no paper number to compare with on this dataset.")
     if Ranks.from_launcher().rank == 0:
         print("\n" + write_tables(results, name, table_rows, paper, note, mean=False))
         draw_experiment(preset, table_rows, results)
@@ -471,16 +489,149 @@ def paper_rows(method: str, training: Training, categories: tuple[str, ...]) -> 
     return rows or None
 
 
+def rebuild(overrides: dict[str, Any]) -> Settings:
+    """The settings of a trained run, for --predict: its config.json, then the command line's
+    PREDICT_OVERRIDES (any other constant on the command line is refused)."""
+    refused = [f"--{name.lower()}" for name in overrides if name not in PREDICT_OVERRIDES]
+    if refused:
+        raise InputError(f"--predict scores with the settings the run was trained and evaluated with; leave out "
+                         f"{', '.join(refused)}.")
+    where = {**CONSTANTS, **overrides}
+    path = Path(where["RESULTS_DIR"]) / where["RUN_NAME"] / "config.json"
+    if not path.is_file():
+        raise InputError(f"No trained run {where['RUN_NAME']!r}: {path} does not exist; train it first, or give "
+                         f"the --run_name and --results_dir it was trained with.")
+    try:
+        saved = json.loads(path.read_text())
+        needed = [field.name.upper() for part in (Training, Scoring) for field in fields(part)]
+        missing = [name for name in needed if name not in saved]
+        if missing:
+            raise InputError(f"it lacks {', '.join(missing)}")
+        # JSON has lists where the constants have tuples; the categories to score are the command line's.
+        typed = {name: tuple(value) if isinstance(CONSTANTS[name], tuple) and isinstance(value, list) else value
+                 for name, value in saved.items() if name in CONSTANTS}
+        constants = {**CONSTANTS, **typed, "CATEGORIES": (), **overrides}
+        return Settings(constants, bundle(Training, constants), bundle(Scoring, constants), bundle(Run, constants))
+    except (ValueError, TypeError, AttributeError, InputError) as error:
+        raise InputError(f"Cannot rebuild the configuration of run {where['RUN_NAME']!r} from {path} "
+                         f"({str(error).rstrip('.')}); train the run again with this version.") from None
+
+
+def prediction_plan(settings: Settings, results: Path, checkpoints: Path) -> dict[str, dict[str, Any]]:
+    """Each category to score (CATEGORIES, or the run's only trained one) -> its test-set predictions,
+    after checking that it has a finished checkpoint and a decision threshold."""
+    run = settings.run
+    trained = sorted(path.stem for path in checkpoints.glob("*.pt"))
+    if not trained:
+        raise InputError(f"Run {run.run_name!r} has no checkpoint in {checkpoints}; train it first, or give the "
+                         f"--checkpoint_dir it was trained with.")
+    if not run.categories and len(trained) > 1:
+        raise InputError(f"Run {run.run_name!r} has checkpoints of {len(trained)} categories "
+                         f"({', '.join(trained)}); choose the model with --categories=...")
+    plan = {}
+    for category in run.categories or trained:
+        checkpoint = checkpoints / f"{category}.pt"
+        evaluated = results / "predictions" / f"{category}.npz"
+        if not checkpoint.is_file():
+            raise InputError(f"Run {run.run_name!r} has no checkpoint of category {category!r} ({checkpoint} does "
+                             f"not exist); its trained categories are {', '.join(trained)}.")
+        if not evaluated.is_file():
+            raise InputError(f"Category {category!r} of run {run.run_name!r} was never evaluated ({evaluated} does "
+                             f"not exist); evaluate it with --run_name={run.run_name} --eval_only=True first.")
+        plan[category] = load_predictions(evaluated)
+        if "threshold" not in plan[category]:
+            raise InputError(f"{evaluated} holds no decision threshold (an older version evaluated it); evaluate "
+                             f"again with --run_name={run.run_name} --eval_only=True.")
+    return plan
+
+
+def predict_category(settings: Settings, category: str, reference: dict[str, Any], files: list[Path], root: Path,
+                     device: torch.device, results: Path, checkpoints: Path) -> list[str]:
+    """Score `files` with the category's checkpoint: results/<run>/predict/<category>.csv, a row per
+    image, and <category>/<image name>.png, an overlay per image (folders below `root` kept).
+
+    Returns the sentences naming the files that could not be read; every other file is scored.
+    """
+    training, scoring, run = settings.training, settings.scoring, settings.run
+    # As run_category builds it: a teacher with random weights (WEIGHTS=none) comes from the seed.
+    seed_everything(training.seed)
+    model, execution = build(training, device, run.compile)
+    state = load_trained(model, checkpoints / f"{category}.pt", training, ("epochs", "fast", "batch_size"),
+                         "score with", device)
+    if "optimizer" in state:
+        raise InputError(f"{checkpoints / category}.pt holds an unfinished training (epoch {state['epoch']}); "
+                         f"finish it with --run_name={run.run_name} --resume=True first.")
+    threshold = reference["threshold"]
+    low, high = float(reference["scores"].min()), float(reference["scores"].max())
+    scale = (float(reference["example_maps"].min()), float(reference["example_maps"].max()))  # as Fig. 7's
+    folder = results / "predict" / category
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier call's overlays would not match the new CSV
+    loader = DataLoader(ImageFiles(files, training.image_size), batch_size=training.batch_size,
+                        num_workers=run.workers, pin_memory=device.type == "cuda")
+    rows, unreadable = [], []
+    bar = tqdm(total=len(files), desc=f"{category} scoring", unit="image", dynamic_ncols=True, leave=False)
+    for indices, images, pixels, problems in loader:
+        readable = [k for k, problem in enumerate(problems) if not problem]
+        unreadable += [problem for problem in problems if problem]
+        if readable:
+            scores, maps = predict(model, [(images[readable],)], device, scoring, execution)
+            normalized = metrics.normalized_scores(scores, threshold, low, high)
+            for k, score, normal_score, anomaly_map in zip(readable, scores, normalized, maps):
+                path = files[int(indices[k])]
+                anomalous = bool(score >= threshold)
+                rows.append({"path": str(path), "score": float(score), "normalized_score": float(normal_score),
+                             "anomalous": anomalous})
+                title = (f"{path.name}: score {score:.4g} (normalized {normal_score:.2f}), "
+                         f"{'anomalous' if anomalous else 'normal'}")
+                overlay = folder / path.relative_to(root).parent / f"{path.name}.png"
+                figure_overlay(pixels[k].numpy(), anomaly_map, scale, title, overlay)
+        bar.update(len(problems))
+    bar.close()
+    table = results / "predict" / f"{category}.csv"
+    write_csv(table, ["path", "score", "normalized_score", "anomalous"], rows)
+    flagged = sum(row["anomalous"] for row in rows)
+    tqdm.write(f"{category}: {len(rows)} images scored, {flagged} anomalous (score >= {threshold:.4g}); "
+               f"{table}, overlays in {folder}")
+    return unreadable
+
+
+def predict_run(settings: Settings) -> list[dict[str, Any]]:
+    """--predict: score every image under PREDICT with the run's trained categories, as its test set was scored.
+
+    Unreadable images are skipped, and listed in one InputError once every readable one is scored.
+    """
+    run = settings.run
+    results = Path(run.results_dir) / run.run_name
+    checkpoints = Path(run.checkpoint_dir) / run.run_name
+    plan = prediction_plan(settings, results, checkpoints)
+    files = images_under(run.predict)
+    root = Path(run.predict).expanduser()
+    root = root if root.is_dir() else root.parent
+    device = pick_device(run.device)
+    print(f"Scoring {len(files)} images under {run.predict} with run {run.run_name!r} on {device}")
+    unreadable = {}  # the same files fail for every category: each listed once
+    for category, reference in plan.items():
+        unreadable.update(dict.fromkeys(predict_category(settings, category, reference, files, root, device,
+                                                         results, checkpoints)))
+    if unreadable:
+        raise listed_error(f"{len(unreadable)} images could not be read, the others were scored; replace or remove "
+                           f"these files:", list(unreadable))
+    return [{"category": category, "status": "ok"} for category in plan]
+
+
 def usage() -> str:
     """The module docstring and the constants block of this file (with --demo's and each
-    METHOD's settings), as the help text."""
+    METHOD's settings, and what --predict takes from the command line), as the help text."""
     source = Path(__file__).read_text()
     block = source[source.index("# ---- constants"):source.index("import numpy")]
     return __doc__ + "\n" + block.rstrip() + "\n"
 
 
 def run(overrides: dict[str, Any]) -> list[dict[str, Any]]:
-    """The main job: every category, or with EXPERIMENT every row of a preset."""
+    """The main job: every category, or with EXPERIMENT every row of a preset; with PREDICT,
+    new images scored by a trained run."""
+    if overrides.get("PREDICT"):
+        return predict_run(rebuild(overrides))
     settings = resolve(overrides)
     run = settings.run
     if run.demo:

@@ -20,15 +20,17 @@ def check_files(files: dict[str, CategoryFiles], workers: int | None = None) -> 
     """Raise one InputError listing every unusable file of `files` (category -> its files).
 
     An image is unusable when it cannot be fully decoded; a mask also when it is
-    not binary, is empty (all 0, yet its image is in a defect folder) or differs in
-    size from its image (it would be stretched). workers: threads (None: Python's default).
+    not binary (unless it numbers its regions, as VisA's do), is empty (all 0, yet
+    its image is in a defect folder) or differs in size from its image (it would be
+    stretched). workers: threads (None: Python's default).
     """
-    images, masks = [], []
+    images, masks, numbered = [], [], []
     for category in files.values():
         images += category.train + [sample.image for sample in category.test]
         masks += [None] * len(category.train) + [sample.mask for sample in category.test]
+        numbered += [False] * len(category.train) + [sample.numbered_mask for sample in category.test]
     with ThreadPoolExecutor(workers) as pool:
-        found = list(tqdm(pool.map(_problems, images, masks), total=len(images),
+        found = list(tqdm(pool.map(_problems, images, masks, numbered), total=len(images),
                           desc="checking files", leave=False))
     problems = [problem for file_problems in found for problem in file_problems]
     if problems:
@@ -36,8 +38,9 @@ def check_files(files: dict[str, CategoryFiles], workers: int | None = None) -> 
         raise listed_error(summary, problems)
 
 
-def _problems(image: Path, mask: Path | None) -> list[str]:
-    """The problems of one image and of its mask, if it has one, as sentences naming the file."""
+def _problems(image: Path, mask: Path | None, numbered: bool) -> list[str]:
+    """The problems of one image and of its mask, if it has one, as sentences naming the file;
+    numbered: the mask numbers its regions (TestSample.numbered_mask)."""
     problems, size = [], None
     try:
         size = read_rgb(image).size  # (W, H)
@@ -49,7 +52,7 @@ def _problems(image: Path, mask: Path | None) -> list[str]:
         values = read_mask(mask)  # (H, W)
     except InputError as error:
         return problems + [str(error)]
-    problem = mask_problem(mask, values)
+    problem = None if numbered else mask_problem(mask, values)
     if problem:
         problems.append(problem)
     elif not values.any():

@@ -7,14 +7,21 @@ scratches, spots of a foreign colour, missing parts and tinted regions. They
 are large (8-25% of the side) and of high contrast, so that a working pipeline
 finds them far above chance even with an untrained teacher at 64 px.
 Everything is drawn from the seed, so two generations are byte-identical.
+
+`make_demo_visa` writes the same images in VisA's released layout (JPG images, PNG
+masks numbering each defect region, split_csv/1cls.csv), to test that loader too.
 """
 
+import csv
+import io
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 DEMO_VERSION = "mrkd-demo-1"  # bump when the drawing changes, to regenerate old folders
 MARKER = ".demo_version"
@@ -46,26 +53,75 @@ def make_demo_dataset(root: Path, seed: int = 0) -> tuple[str, ...]:
     second call with the same seed rewrites nothing.
     """
     root = Path(root)
-    marker = root / MARKER
     stamp = f"{DEMO_VERSION} seed={seed}\n"
-    if marker.is_file() and marker.read_text() == stamp and all((root / c).is_dir() for c in CATEGORIES):
+    if _is_written(root, stamp):
         return CATEGORIES
-    for index, category in enumerate(CATEGORIES):
+    for category in CATEGORIES:
+        shutil.rmtree(root / category, ignore_errors=True)
+    for category, split, defect, i, sample in _samples(seed):
         folder = root / category
-        shutil.rmtree(folder, ignore_errors=True)
+        _save(sample.image, folder / split / (defect or "good") / f"{i:03d}.png")
+        if defect is not None:
+            _save(sample.mask.astype(np.uint8) * 255, folder / "ground_truth" / defect / f"{i:03d}_mask.png")
+    (root / MARKER).write_text(stamp)  # last, so that an interrupted generation is redone
+    return CATEGORIES
+
+
+def make_demo_visa(root: Path, seed: int = 0) -> tuple[str, ...]:
+    """Write the demo dataset under `root` in VisA's released layout unless it is already there.
+
+    The images of make_demo_dataset, as VisA ships its own: <category>/Data/Images/Normal/
+    and Anomaly/ hold NNNN.JPG files (training and test images alike), <category>/Data/Masks/
+    Anomaly/NNNN.png the masks, each defect region numbered 1, 2, ... (8-connected), and
+    split_csv/1cls.csv lists every image with its split, label and mask, paths relative to
+    `root`. Returns the category names; a second call with the same seed rewrites nothing.
+    """
+    root = Path(root)
+    stamp = f"{DEMO_VERSION} visa seed={seed}\n"
+    if _is_written(root, stamp) and (root / "split_csv" / "1cls.csv").is_file():
+        return CATEGORIES
+    for category in CATEGORIES:
+        shutil.rmtree(root / category, ignore_errors=True)
+    rows = [("object", "split", "label", "image", "mask")]
+    numbers = {}  # (category, Normal or Anomaly) -> images written so far
+    for category, split, defect, _, sample in _samples(seed):
+        kind = "Normal" if defect is None else "Anomaly"
+        number = numbers[category, kind] = numbers.get((category, kind), -1) + 1
+        image = f"{category}/Data/Images/{kind}/{number:04d}.JPG"
+        _save(sample.image, root / image, format="JPEG", quality=95)
+        mask = ""
+        if defect is not None:
+            mask = f"{category}/Data/Masks/Anomaly/{number:04d}.png"
+            regions, _ = ndimage.label(sample.mask, structure=np.ones((3, 3)))
+            _save(regions.astype(np.uint8), root / mask)
+        rows.append((category, split, "normal" if defect is None else "anomaly", image, mask))
+    table = io.StringIO(newline="")
+    csv.writer(table, lineterminator="\n").writerows(rows)
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    (root / "split_csv" / "1cls.csv").write_text(table.getvalue())
+    (root / MARKER).write_text(stamp)  # last, so that an interrupted generation is redone
+    return CATEGORIES
+
+
+def _is_written(root: Path, stamp: str) -> bool:
+    """Whether `root` holds a finished generation stamped `stamp` (version, layout and seed)."""
+    marker = root / MARKER
+    return marker.is_file() and marker.read_text() == stamp and all((root / c).is_dir() for c in CATEGORIES)
+
+
+def _samples(seed: int) -> Iterator[tuple[str, str, str | None, int, DemoSample]]:
+    """Every demo image, category by category: (category, split, defect or None for a normal
+    image, index within its folder, sample). Each is drawn from its own seed, so both layouts
+    hold the same images."""
+    for index, category in enumerate(CATEGORIES):
         for i in range(N_TRAIN):
-            sample = make_sample(category, None, np.random.default_rng([seed, index, 0, i]))
-            _save(sample.image, folder / "train" / "good" / f"{i:03d}.png")
+            yield category, "train", None, i, make_sample(category, None, np.random.default_rng([seed, index, 0, i]))
         for i in range(N_TEST_GOOD):
-            sample = make_sample(category, None, np.random.default_rng([seed, index, 1, i]))
-            _save(sample.image, folder / "test" / "good" / f"{i:03d}.png")
+            yield category, "test", None, i, make_sample(category, None, np.random.default_rng([seed, index, 1, i]))
         for kind, defect in enumerate(DEFECTS):
             for i in range(N_PER_DEFECT):
-                sample = make_sample(category, defect, np.random.default_rng([seed, index, 2 + kind, i]))
-                _save(sample.image, folder / "test" / defect / f"{i:03d}.png")
-                _save(sample.mask.astype(np.uint8) * 255, folder / "ground_truth" / defect / f"{i:03d}_mask.png")
-    marker.write_text(stamp)  # last, so that an interrupted generation is redone
-    return CATEGORIES
+                rng = np.random.default_rng([seed, index, 2 + kind, i])
+                yield category, "test", defect, i, make_sample(category, defect, rng)
 
 
 def make_sample(category: str, defect: str | None, rng: np.random.Generator) -> DemoSample:
@@ -197,6 +253,6 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(values), 0, 255).astype(np.uint8)
 
 
-def _save(array: np.ndarray, path: Path) -> None:
+def _save(array: np.ndarray, path: Path, **options) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, **options)

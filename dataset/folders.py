@@ -1,10 +1,12 @@
-"""Find the training and test files of one category of MVTec AD, BTAD or MTD.
+"""Find the training and test files of one category of MVTec AD, BTAD, MTD or VisA, and
+the images under a path to score with a trained run.
 
 Only paths are gathered here; `dataset/images.py` decodes them. Every problem
 with the folders is reported as an InputError with one sentence a user can act
 on, so that a run never starts on a silently empty or half-labelled set.
 """
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,17 +19,24 @@ MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "hazelnut", "metal_nut",
     "pill", "screw", "toothbrush", "transistor", "zipper",
 )
+# VisA (Zou et al., ECCV 2022), its 12 objects as named in the `object` column of its split files.
+VISA_CATEGORIES = (
+    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
+    "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
+)
 # The categories each dataset is evaluated on by default; the MVTec layout
 # accepts any other category name too (custom data).
 CATEGORIES = {
     "mvtec": MVTEC_CATEGORIES,
     "btad": ("01", "02", "03"),
     "mtd": ("mtd",),
+    "visa": VISA_CATEGORIES,
 }
 DATASET_URLS = {
     "mvtec": "https://www.mvtec.com/company/research/datasets/mvtec-ad",
     "btad": "http://avires.dimi.uniud.it/papers/btad/btad.zip",
     "mtd": "https://github.com/abin24/Magnetic-tile-defect-datasets.",
+    "visa": "https://github.com/amazon-science/spot-diff",
 }
 LAYOUTS = {
     "mvtec": "<root>/<category>/train/good/*.png, <root>/<category>/test/<good|defect>/*.png"
@@ -35,11 +44,18 @@ LAYOUTS = {
     "btad": "<root>/<category>/train/ok/*, <root>/<category>/test/<ok|ko>/*"
     " and <root>/<category>/ground_truth/ko/<name>.<png|bmp>",
     "mtd": "<root>/MT_Free/Imgs/*.jpg and <root>/MT_<defect>/Imgs/<name>.jpg with <name>.png masks",
+    "visa": "<root>/split_csv/1cls.csv listing object,split,label,image,mask with the image and mask"
+    " paths relative to <root>",
 }
 # Suffixes are matched ignoring case (001.PNG, 001_mask.PNG), for images and masks alike.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # An error listing many files names at most this many, then says how many more.
 LISTED_PROBLEMS = 20
+
+# VisA's one-class split (the dataset's own, as released): one row per image, paths relative
+# to the root; label "normal" or "anomaly", split "train" or "test", mask empty for normal images.
+VISA_SPLIT = Path("split_csv") / "1cls.csv"
+VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 
 # MTD ships no split. The paper follows [35]: 80% of the normal images, drawn at
 # random, for training; the rest and every defective image for testing. The
@@ -61,6 +77,9 @@ class TestSample:
     mask: Path | None
     label: int
     defect: str
+    # VisA's masks number the defect regions (1, 2, ...): every non-zero value is anomalous.
+    # Elsewhere a mask holds 0 and one other value, and more values mean a damaged mask.
+    numbered_mask: bool = False
 
 
 @dataclass
@@ -84,26 +103,56 @@ class CategoryFiles:
 def category_files(dataset: str, root: str | Path, category: str) -> CategoryFiles:
     """Gather the files of `category` in `root`, laid out as `dataset` is.
 
-    dataset: "mvtec" (also any custom folder in the MVTec layout), "btad" or "mtd".
+    dataset: "mvtec" (also any custom folder in the MVTec layout), "btad", "mtd" or "visa".
     """
     root = _checked_root(dataset, root)
     found = list_categories(dataset, root)
     if category not in found:
         found_text = ", ".join(found) or "none"
-        raise InputError(f"Category '{category}' not found in {root}; found: {found_text}.")
+        where = root / VISA_SPLIT if dataset == "visa" else root
+        raise InputError(f"Category '{category}' not found in {where}; found: {found_text}.")
     if dataset == "mvtec":
         return _folder_files(root / category, normal="good", mask_suffix="_mask")
     if dataset == "btad":
         return _folder_files(root / category, normal="ok", mask_suffix="")
+    if dataset == "visa":
+        return _visa_files(root, category)
     return _mtd_files(root)
 
 
 def list_categories(dataset: str, root: str | Path) -> tuple[str, ...]:
-    """The category names present in `root` (sorted folder names; ("mtd",) for MTD)."""
+    """The category names present in `root` (sorted folder names; ("mtd",) for MTD; for VisA
+    the objects of its split file, in their order there)."""
     root = _checked_root(dataset, root)
     if dataset == "mtd":
         return CATEGORIES["mtd"]
+    if dataset == "visa":
+        return tuple(dict.fromkeys(row["object"] for _, row in _visa_rows(root)))
     return tuple(folder.name for folder in _subfolders(root))
+
+
+def images_under(path: str | Path) -> list[Path]:
+    """The image file `path`, or every image below the folder `path` (any depth, hidden
+    files and folders skipped), sorted; suffixes as IMAGE_SUFFIXES, in any case.
+
+    An InputError when the path does not exist, is not an image, or holds no image.
+    """
+    path = Path(path).expanduser()
+    kinds = ", ".join(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{path} is not an image ({kinds}); give an image file or a folder of images.")
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path} does not exist; give an image file or a folder of images to score.")
+    images = sorted(
+        file for file in path.rglob("*")
+        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in file.relative_to(path).parts)
+    )
+    if not images:
+        raise InputError(f"No images ({kinds}) under {path}; give a folder that holds the images to score.")
+    return images
 
 
 def _checked_root(dataset: str, root: str | Path) -> Path:
@@ -157,6 +206,73 @@ def _folder_files(folder: Path, normal: str, mask_suffix: str) -> CategoryFiles:
             test.append(TestSample(image, mask, 1, defect))
     _report_missing_masks(missing)
     return CategoryFiles(train, test)
+
+
+def _visa_rows(root: Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of VisA's split file as (line number, row), after checking its columns."""
+    split = root / VISA_SPLIT
+    if not split.is_file():
+        raise InputError(
+            f"VisA split file {split} does not exist; expected the dataset as released,"
+            f" {LAYOUTS['visa']} (published at {DATASET_URLS['visa']})."
+        )
+    try:
+        with open(split, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = list(enumerate(reader, start=2))  # line 1 is the header
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"Cannot read VisA split file {split} ({error}); replace it with the released one"
+                         f" from {DATASET_URLS['visa']}.") from None
+    missing = [column for column in VISA_COLUMNS if column not in columns]
+    if missing:
+        raise InputError(f"VisA split file {split} has no column {', '.join(missing)}; expected the header"
+                         f" {','.join(VISA_COLUMNS)} as released at {DATASET_URLS['visa']}.")
+    return rows
+
+
+def _visa_files(root: Path, category: str) -> CategoryFiles:
+    """VisA: the rows of `category` in split_csv/1cls.csv, every listed file checked to exist."""
+    split = root / VISA_SPLIT
+    train, test, problems = [], [], []
+    for line, row in _visa_rows(root):
+        if row["object"] != category:
+            continue
+        where = f"{split} line {line}"
+        split_name, label = row["split"], row["label"]
+        if split_name not in ("train", "test") or label not in ("normal", "anomaly"):
+            problems.append(f"{where} has split {split_name!r} and label {label!r}; expected split train or"
+                            " test and label normal or anomaly.")
+            continue
+        if split_name == "train" and label != "normal":
+            problems.append(f"{where} lists an anomalous training image; one-class training takes normal"
+                            " images only, so move it to the test split.")
+            continue
+        image = root / row["image"]
+        if not image.is_file():
+            problems.append(f"VisA image {image} listed in {where} does not exist; restore it from"
+                            f" {DATASET_URLS['visa']}.")
+            continue
+        if split_name == "train":
+            train.append(image)
+        elif label == "normal":
+            test.append(TestSample(image, None, 0, "good"))
+        elif not row["mask"] or not (root / row["mask"]).is_file():
+            shown = root / row["mask"] if row["mask"] else "no mask path"
+            problems.append(f"VisA mask {shown} of {image} ({where}) does not exist; restore it from"
+                            f" {DATASET_URLS['visa']}.")
+        else:
+            test.append(TestSample(image, root / row["mask"], 1, "anomaly", numbered_mask=True))
+    if problems:
+        raise listed_error(f"{len(problems)} problems with the VisA files of {category}; fix each:", problems)
+    if not train:
+        raise InputError(f"{split} lists no training image of {category}; use the split file as released"
+                         f" at {DATASET_URLS['visa']}.")
+    if not test:
+        raise InputError(f"{split} lists no test image of {category}; use the split file as released"
+                         f" at {DATASET_URLS['visa']}.")
+    # Sorted like the folder layouts (anomalous before normal, then by path), whatever the row order.
+    return CategoryFiles(sorted(train), sorted(test, key=lambda sample: (sample.defect, sample.image)))
 
 
 def _mtd_files(root: Path) -> CategoryFiles:

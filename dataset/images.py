@@ -36,12 +36,13 @@ def load_image(path: Path, image_size: int) -> np.ndarray:
     return np.asarray(read_rgb(path).resize((image_size, image_size), Image.LANCZOS))
 
 
-def load_mask(path: Path, image_size: int) -> np.ndarray:
+def load_mask(path: Path, image_size: int, numbered: bool = False) -> np.ndarray:
     """Decode a binary ground-truth mask (0 normal, any one other value anomalous, so
     0/1 and 0/255 alike) and resize it with nearest neighbour. Returns (S, S) bool;
-    an InputError for a mask that is not binary."""
+    an InputError for a mask that is not binary. numbered: the mask numbers its defect
+    regions (VisA), so every non-zero value is anomalous and any number of values is fine."""
     values = read_mask(path)
-    problem = mask_problem(path, values)
+    problem = None if numbered else mask_problem(path, values)
     if problem:
         raise InputError(problem)
     anomalous = Image.fromarray((values != 0).astype(np.uint8) * 255)
@@ -224,7 +225,7 @@ class TestImages(Dataset):
         masks = np.zeros((len(self.samples), image_size, image_size), dtype=bool)
         for i, sample in enumerate(self.samples):
             if sample.mask is not None:
-                masks[i] = load_mask(sample.mask, image_size)
+                masks[i] = load_mask(sample.mask, image_size, sample.numbered_mask)
         masks.flags.writeable = False
         self.masks = masks
         # Labels come from the folders: the authors derive them from the masks,
@@ -238,6 +239,31 @@ class TestImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         mask = torch.from_numpy(self.masks[index].astype(np.float32)).unsqueeze(0)  # (1, S, S)
         return to_tensor(self.images[index]), mask, int(self.labels[index])
+
+
+class ImageFiles(Dataset):
+    """Images to score with a trained model, decoded when an item is asked for (in the
+    DataLoader's workers), so that a folder of any size streams through in batches.
+
+    An item is (index, image (3, S, S) float32 normalised, pixels (S, S, 3) uint8, problem):
+    problem is "" for a readable file; for an unreadable one it is the sentence saying why,
+    with zeros in place of the image, so that one broken file never stops the others.
+    """
+
+    def __init__(self, files: list[Path], image_size: int):
+        self.files = list(files)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, np.ndarray, str]:
+        try:
+            pixels = load_image(self.files[index], self.image_size).copy()  # writable, as collation wants
+        except InputError as error:
+            pixels = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+            return index, to_tensor(pixels), pixels, str(error)
+        return index, to_tensor(pixels), pixels, ""
 
 
 def _preload(paths: list[Path], image_size: int, description: str) -> np.ndarray:

@@ -6,6 +6,7 @@ everything else here is shared by MRKD, RD4AD and DRD, main.py and the benchmark
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import random
@@ -273,21 +274,37 @@ class Scoring:
         check(rules)
 
 
+def image_generators(images: torch.Tensor, seed: int) -> list[torch.Generator]:
+    """One CPU generator per image of a batch (B, 3, S, S), seeded by `seed` and the image's values.
+
+    Test-time FLM masks drawn from them depend on nothing but the image: not on the batch
+    size, the order, nor the other images scored with it. An image scored alone, in a
+    folder of new images or in its test set gets the same masks, hence the same score.
+    """
+    generators = []
+    for image in images.detach().cpu():
+        digest = hashlib.blake2b(seed.to_bytes(8, "little", signed=True), digest_size=8)
+        digest.update(image.contiguous().numpy().tobytes())
+        generators.append(torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little")))
+    return generators
+
+
 @torch.no_grad()
 def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scoring,
             execution: Execution) -> tuple[np.ndarray, np.ndarray]:
     """Image scores (N,) and smoothed anomaly maps (N, S, S), Eq. (5)-(6), batched on the device.
 
-    FLM stays on at test time (Sec. 3.4); its masks come from a CPU generator seeded
-    with scoring.seed, so two evaluations of one checkpoint agree exactly, on any
-    device. With K masks the level distances of K independent masks are averaged.
+    FLM stays on at test time (Sec. 3.4); each image's masks come from a CPU generator
+    seeded with scoring.seed and the image itself (image_generators), so one checkpoint
+    gives an image the same score on every call, in any batch, on any device. With K
+    masks the level distances of K independent masks are averaged.
     """
     model.eval()
-    draws = MaskDraws(torch.Generator().manual_seed(scoring.seed))
     all_scores, all_maps = [], []
     # Test batches come in few shapes, each seen a few times: tuning cuDNN for each costs more than it saves.
     autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     for batch in loader:
+        draws = MaskDraws(image_generators(batch[0], scoring.seed))
         images = execution.to_device(batch[0], device)
         with execution.autocast(device):
             target, student = model.distill(images)

@@ -8,18 +8,24 @@ from model.blocks import init_weights
 
 
 class MaskDraws:
-    """Where the uniform draws R of Eq. (2) come from: a seeded CPU generator.
+    """Where the uniform draws R of Eq. (2) come from: a seeded CPU generator for the whole
+    batch, or a list of one per sample (at test time, so that an image's masks depend on
+    nothing but the image).
 
     R is drawn on the CPU and then moved to the features' device, so one seed gives
     the same masks on any device. The captured training step of the fast path
     (model/engine.py: CapturedStep) subclasses it to feed its static buffers.
     """
 
-    def __init__(self, generator: torch.Generator):
+    def __init__(self, generator: torch.Generator | list[torch.Generator]):
         self.generator = generator
 
     def uniform(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        return torch.rand(shape, generator=self.generator).to(device)
+        if isinstance(self.generator, list):  # sample b's R from generator b
+            r = torch.cat([torch.rand((1, *shape[1:]), generator=generator) for generator in self.generator])
+        else:
+            r = torch.rand(shape, generator=self.generator)
+        return r.to(device)
 
 
 def flm_mask(features: torch.Tensor, ratio: float, draws: MaskDraws | None = None) -> torch.Tensor:

@@ -1,13 +1,21 @@
 """Shared fixtures: the demo data, generated once per session, and main.py arguments for tiny runs."""
 import pytest
 
-from dataset.demo import make_demo_dataset
+from dataset.demo import make_demo_dataset, make_demo_visa
 
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo_data")
     make_demo_dataset(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def visa_dir(tmp_path_factory):
+    """The demo data in VisA's released layout (split_csv/1cls.csv, JPG images, numbered PNG masks)."""
+    folder = tmp_path_factory.mktemp("demo_visa")
+    make_demo_visa(folder)
     return folder
 
 

@@ -101,6 +101,77 @@ def _mtd(root: Path, n_free: int = 10) -> Path:
     return root
 
 
+def _visa(root: Path, category: str = "pcb1", rows: list[tuple] | None = None) -> Path:
+    """A fake VisA release: split_csv/1cls.csv (rows written out of order) and the files it lists;
+    the anomalous image's mask numbers two defect regions 1 and 2, as VisA's masks do."""
+    rows = rows if rows is not None else [
+        (category, "test", "normal", f"{category}/Data/Images/Normal/0003.JPG", ""),
+        (category, "train", "normal", f"{category}/Data/Images/Normal/0001.JPG", ""),
+        ("candle", "train", "normal", "candle/Data/Images/Normal/0000.JPG", ""),
+        (category, "test", "anomaly", f"{category}/Data/Images/Anomaly/0000.JPG",
+         f"{category}/Data/Masks/Anomaly/0000.png"),
+        (category, "train", "normal", f"{category}/Data/Images/Normal/0000.JPG", ""),
+    ]
+    numbered = np.zeros((32, 32), dtype=np.uint8)
+    numbered[:4, :4], numbered[20:, 20:] = 1, 2
+    for i, (_, _, _, image, mask) in enumerate(rows):
+        _write(root / image, _noise(i))
+        if mask:
+            _write(root / mask, numbered)
+    lines = ["object,split,label,image,mask"] + [",".join(row) for row in rows]
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_visa_split_file(tmp_path):
+    _visa(tmp_path)
+    assert folders.list_categories("visa", tmp_path) == ("pcb1", "candle")
+    files = category_files("visa", tmp_path, "pcb1")
+    images_folder = tmp_path / "pcb1" / "Data" / "Images"
+    assert files.train == [images_folder / "Normal" / "0000.JPG", images_folder / "Normal" / "0001.JPG"]
+    assert [(s.image, s.mask, s.label, s.defect) for s in files.test] == [
+        (images_folder / "Anomaly" / "0000.JPG", tmp_path / "pcb1" / "Data" / "Masks" / "Anomaly" / "0000.png", 1,
+         "anomaly"),
+        (images_folder / "Normal" / "0003.JPG", None, 0, "good"),
+    ]
+    # Every non-zero value of a numbered mask is anomalous, and the pre-flight check accepts it.
+    check_files({"pcb1": files})
+    masks = TestImages(files.test, 32).masks
+    assert masks[0].sum() == 16 + 144 and not masks[1].any()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("csv", "VisA split file {root}/split_csv/1cls.csv does not exist; expected the dataset as released"),
+    ("image", "VisA image {root}/pcb1/Data/Images/Normal/0001.JPG listed in {root}/split_csv/1cls.csv line 3"
+              " does not exist; restore it from https://github.com/amazon-science/spot-diff."),
+    ("mask", "VisA mask {root}/pcb1/Data/Masks/Anomaly/0000.png of {root}/pcb1/Data/Images/Anomaly/0000.JPG"
+             " ({root}/split_csv/1cls.csv line 5) does not exist; restore it from"),
+    ("column", "VisA split file {root}/split_csv/1cls.csv has no column mask; expected the header"
+               " object,split,label,image,mask"),
+    ("label", "{root}/split_csv/1cls.csv line 2 has split 'test' and label 'bad'; expected split train or test"),
+])
+def test_visa_problems_name_the_file_and_the_download_page(tmp_path, damage, message):
+    root = _visa(tmp_path)
+    split = root / "split_csv" / "1cls.csv"
+    if damage == "csv":
+        split.unlink()
+    elif damage == "image":
+        (root / "pcb1" / "Data" / "Images" / "Normal" / "0001.JPG").unlink()
+    elif damage == "mask":
+        (root / "pcb1" / "Data" / "Masks" / "Anomaly" / "0000.png").unlink()
+    elif damage == "column":
+        split.write_text(split.read_text().replace(",mask\n", ",masks\n", 1))
+    else:
+        split.write_text(split.read_text().replace("test,normal", "test,bad", 1))
+    with pytest.raises(InputError) as error:
+        category_files("visa", root, "pcb1")
+    assert str(error.value).startswith(message.format(root=root))
+    assert "\n" not in str(error.value)
+    if damage != "label":
+        assert folders.DATASET_URLS["visa"] in str(error.value)
+
+
 def test_mtd_split(tmp_path):
     _mtd(tmp_path)
     files = category_files("mtd", tmp_path, "mtd")
@@ -119,7 +190,7 @@ def test_mtd_split(tmp_path):
 
 # ---- bad input ------------------------------------------------------------
 
-@pytest.mark.parametrize("dataset", ["mvtec", "btad", "mtd"])
+@pytest.mark.parametrize("dataset", ["mvtec", "btad", "mtd", "visa"])
 def test_missing_root_names_path_and_url(tmp_path, dataset):
     missing = tmp_path / "nowhere"
     with pytest.raises(InputError) as error:
@@ -129,8 +200,8 @@ def test_missing_root_names_path_and_url(tmp_path, dataset):
 
 
 def test_unknown_dataset(tmp_path):
-    with pytest.raises(InputError, match="Unknown dataset 'visa'; choose one of mvtec, btad, mtd"):
-        category_files("visa", tmp_path, "bottle")
+    with pytest.raises(InputError, match="Unknown dataset 'imagenet'; choose one of mvtec, btad, mtd, visa"):
+        category_files("imagenet", tmp_path, "bottle")
 
 
 def test_missing_category_lists_found(tmp_path):
@@ -359,6 +430,40 @@ def test_test_images(tmp_path):
     assert mask.shape == (1, 16, 16) and mask.dtype == torch.float32 and label == 1
     assert mask[0, :8, :8].eq(1).all() and mask.sum() == 64
     assert dataset[4][1].sum() == 0 and dataset[4][2] == 0
+
+
+# ---- new images to score ----------------------------------------------------
+
+def test_images_under_a_folder_any_depth_and_case(tmp_path):
+    found = [_write(tmp_path / name, _noise(0)) for name in ("b.PNG", "a/c.jpg", "a/deep/d.BMP", "e.TIF")]
+    (tmp_path / "notes.txt").write_text("not an image")
+    _write(tmp_path / ".hidden" / "f.png", _noise(0))
+    _write(tmp_path / "a" / ".g.png", _noise(0))
+    assert folders.images_under(tmp_path) == sorted(found)
+    assert folders.images_under(found[1]) == [found[1]]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "{path} does not exist; give an image file or a folder of images to score."),
+    ("empty", "No images (png, jpg, jpeg, bmp, tif, tiff) under {path}; give a folder"),
+    ("not an image", "{path} is not an image (png, jpg, jpeg, bmp, tif, tiff);"),
+])
+def test_images_under_a_path_without_images_is_one_sentence(tmp_path, case, message):
+    path = {"missing": tmp_path / "nowhere", "empty": tmp_path, "not an image": tmp_path / "notes.txt"}[case]
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match=re.escape(message.format(path=path))):
+        folders.images_under(path)
+
+
+def test_image_files_report_an_unreadable_file_and_load_the_others(tmp_path):
+    good, broken = _write(tmp_path / "good.png", _noise(0)), tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    dataset = images.ImageFiles([good, broken], 16)
+    index, image, pixels, problem = dataset[0]
+    assert (index, problem) == (0, "") and image.shape == (3, 16, 16)
+    np.testing.assert_array_equal(pixels, images.load_image(good, 16))
+    index, image, pixels, problem = dataset[1]
+    assert index == 1 and problem.startswith(f"Cannot read image {broken} (") and not pixels.any()
 
 
 # ---- training pairs and their randomness ----------------------------------

@@ -1,4 +1,4 @@
-"""The synthetic demo dataset: deterministic, idempotent, small, loadable, exact masks."""
+"""The synthetic demo dataset: deterministic, idempotent, small, loadable, exact masks; also in VisA's layout."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 
 from dataset import demo
 from dataset.folders import category_files
-from dataset.images import TestImages
+from dataset.images import TestImages, load_mask
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,19 @@ def test_mask_is_the_changed_pixels(category, defect):
 def test_normal_sample_is_unchanged(category):
     sample = demo.make_sample(category, None, np.random.default_rng(0))
     assert not sample.mask.any() and (sample.image == sample.clean).all()
+
+
+@pytest.mark.parametrize("category", demo.CATEGORIES)
+def test_visa_layout_holds_the_same_images_and_masks(demo_root, visa_dir, category):
+    files = category_files("visa", visa_dir, category)
+    mvtec = category_files("mvtec", demo_root, category)
+    assert len(files.train) == demo.N_TRAIN and len(files.test) == len(mvtec.test)
+    assert all(path.suffix == ".JPG" for path in files.train + [sample.image for sample in files.test])
+    # The anomalous images, in the order drawn (defect by defect), against the MVTec layout's masks.
+    anomalous = [sample for sample in files.test if sample.label == 1]
+    drawn = [sample for defect in demo.DEFECTS for sample in mvtec.test if sample.defect == defect]
+    assert len(anomalous) == len(drawn) == len(demo.DEFECTS) * demo.N_PER_DEFECT
+    for visa_sample, mvtec_sample in zip(anomalous, drawn):
+        np.testing.assert_array_equal(load_mask(visa_sample.mask, demo.SIZE, numbered=True),
+                                      load_mask(mvtec_sample.mask, demo.SIZE))
+    assert demo.make_demo_visa(visa_dir) == demo.CATEGORIES  # already there: nothing rewritten

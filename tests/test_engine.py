@@ -1,4 +1,4 @@
-"""Batched prediction: seeded FLM masks, K-mask averaging, the Gaussian on the device."""
+"""Batched prediction: FLM masks seeded per image, K-mask averaging, the Gaussian on the device."""
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
@@ -6,8 +6,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import model_for
 from model import mrkd_objective
+from model.engine import Execution, Scoring, execution_for, image_generators, predict, train_epoch
 from model.generator import MaskDraws
-from model.engine import Execution, Scoring, execution_for, predict, train_epoch
 from model.loss import anomaly_map, image_score, level_distances
 
 
@@ -32,11 +32,26 @@ def test_prediction_is_repeatable_and_depends_on_the_mask_seed():
     assert not np.array_equal(maps, run(model, loader, seed=112)[1])
 
 
+def test_an_images_score_depends_on_the_image_alone_not_its_batch():
+    model, loader = setup()
+    scores, maps = run(model, loader)
+    images = loader.dataset.tensors[0]
+    for batch_size, order in ((1, range(6)), (6, range(6)), (3, [5, 2, 0, 4, 1, 3])):
+        shuffled = DataLoader(TensorDataset(images[list(order)]), batch_size=batch_size)
+        other_scores, other_maps = run(model, shuffled)
+        # Equal up to the float noise of convolutions on batches of other sizes.
+        np.testing.assert_allclose(other_scores, scores[list(order)], rtol=1e-5)
+        np.testing.assert_allclose(other_maps, maps[list(order)], rtol=1e-4, atol=1e-6)
+    twins = image_generators(torch.stack([images[0], images[0], images[1]]), 111)
+    draws = [torch.rand(4, generator=generator) for generator in twins]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
 def test_k_masks_average_k_independent_maps():
     model, loader = setup()
     model.eval()
     images = next(iter(loader))[0]
-    draws = MaskDraws(torch.Generator().manual_seed(7))
+    draws = MaskDraws(image_generators(images, 7))
     with torch.no_grad():
         target, student = model.distill(images)
         expected = sum(anomaly_map(level_distances(target, model.restore(student, draws)), 32)

@@ -78,3 +78,18 @@ def test_family_preset_puts_the_three_methods_side_by_side(tmp_path, demo_args):
     assert drd["config"]["BOTTLENECK"] == "mfcf" and drd["config"]["BATCH_SIZE"] == 4
     rd4ad = torch.load(tmp_path / "checkpoints" / "family" / "RD4AD" / "demo_texture.pt", weights_only=True)
     assert (rd4ad["config"]["ILM"], rd4ad["config"]["FLM"]) == (False, False)
+
+
+def test_family_on_visa_leaves_the_paper_columns_empty(tmp_path, plain_args, visa_dir, monkeypatch):
+    """No paper reports RD4AD, MRKD or DRD on VisA: the table holds ours alone (training stubbed out)."""
+    measured = {"category": "demo_object", "image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7,
+                "aupro_per_image": 0.75, "threshold": 0.3, "status": "ok"}
+    monkeypatch.setattr(main, "run_categories", lambda settings, results, checkpoints: [dict(measured)])
+    family = ("--experiment=family", "--categories=demo_object")
+    assert main.main(plain_args(*family, "--dataset=visa", f"--data_dir={visa_dir}")) == 0
+    table = (tmp_path / "results" / "plain" / "family.md").read_text()
+    assert table.startswith("| configuration | image_auroc | pixel_auroc | aupro | aupro_per_image | status |")
+    assert "no paper number to compare with on this dataset" in table
+    assert main.main(plain_args(*family, "--run_name=on_mvtec")) == 0
+    table = (tmp_path / "results" / "on_mvtec" / "family.md").read_text()
+    assert "| paper | diff |" in table and "99.5" in table

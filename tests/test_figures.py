@@ -8,8 +8,8 @@ from scipy import ndimage
 from sklearn.decomposition import PCA
 
 from utils import metrics
-from utils.figures import (draw_category, draw_run, figure_features, figure_lambda_sweep, figure_score_density,
-                           load_predictions, pca_project)
+from utils.figures import (draw_category, draw_run, figure_features, figure_lambda_sweep, figure_overlay,
+                           figure_score_density, load_predictions, pca_project)
 
 
 def fake_predictions(path: Path, n: int = 12, k: int = 3, size: int = 64, channels: int = 8,
@@ -50,8 +50,8 @@ def fake_predictions(path: Path, n: int = 12, k: int = 3, size: int = 64, channe
     np.savez_compressed(
         path, category=path.stem, scores=scores, labels=labels, defects=defects,
         metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
-        pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=example_index,
-        example_images=images[example_index], example_masks=masks[example_index],
+        threshold=np.float64(metrics.f1_threshold(labels, scores)), pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr,
+        example_index=example_index, example_images=images[example_index], example_masks=masks[example_index],
         example_maps=maps[example_index], feature_input=feature_input, feature_restored=feature_restored)
     return load_predictions(path)
 
@@ -74,6 +74,7 @@ def test_load_predictions_round_trip(tmp_path):
     assert pred["defects"][0] == "good" and pred["defects"][-1] in ("crack", "hole")
     assert pred["feature_input"].shape == pred["feature_restored"].shape == (3, 16, 16, 3)
     assert pred["metrics_names"].tolist() == ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
+    assert isinstance(pred["threshold"], float) and pred["threshold"] in pred["scores"]
 
 
 def test_pca_project_matches_sklearn_with_fixed_signs():
@@ -142,6 +143,14 @@ def test_figure_features_with_and_without_the_ilm_only_run(tmp_path):
     flipped = without_flm["feature_input"] * np.array([-1, 1, 1], dtype=np.float32)  # another sign of PC 1
     with pytest.raises(ValueError, match="one PCA basis"):
         figure_features(with_flm, dict(without_flm, feature_input=flipped), tmp_path / "mismatch.png")
+
+
+def test_figure_overlay_draws_the_map_over_the_image(tmp_path):
+    pred = fake_predictions(tmp_path / "bottle.npz")
+    maps = pred["example_maps"]
+    figure_overlay(pred["example_images"][0], maps[0], (float(maps.min()), float(maps.max())),
+                   "000.png: score 0.7 (normalized 0.81), anomalous", tmp_path / "overlay" / "000.png.png")
+    assert_drawn(tmp_path / "overlay" / "000.png.png")
 
 
 def test_figure_lambda_sweep(tmp_path):

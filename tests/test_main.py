@@ -2,13 +2,18 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import main
 import model
+from dataset import category_files
 from tests.helpers import error_message, read_rows
+from utils import metrics
 from utils.config import parse_overrides
+from utils.figures import load_predictions
 
 METRIC_NAMES = ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
 
@@ -97,11 +102,15 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     assert f"checkpoints in {tmp_path / 'checkpoints' / 'demo'}" in out and "no NSA constants" not in out
     rows = read_rows(run / "metrics.csv")
     assert [row["category"] for row in rows] == ["demo_texture", "mean"]
-    assert list(rows[0]) == ["category", *METRIC_NAMES, "status"]
+    assert list(rows[0]) == ["category", *METRIC_NAMES, "threshold", "status"]
     assert all(0 <= float(rows[0][name]) <= 1 for name in METRIC_NAMES)
     assert json.loads((run / "config.json").read_text())["EPOCHS"] == 1
     assert (run / "metrics.md").read_text().startswith("| category |")
-    assert (run / "predictions" / "demo_texture.npz").exists()
+    # The decision threshold for new images: the best F1 on the test scores, in the table and the predictions.
+    evaluated = load_predictions(run / "predictions" / "demo_texture.npz")
+    assert float(rows[0]["threshold"]) == evaluated["threshold"] == \
+        metrics.f1_threshold(evaluated["labels"], evaluated["scores"])
+    assert rows[1]["threshold"] == "" and f"threshold {float(rows[0]['threshold']):.4g}" in out
     assert (run / "figures" / "demo_texture_examples.png").exists()
     # A finished category keeps its weights, not the optimiser's state.
     checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_texture.pt", weights_only=True)
@@ -232,3 +241,78 @@ def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp
     assert main.main(demo_args(f"--data_dir={data}")) == 0
     assert "demo_texture: skipped, its test set holds no anomalous image to evaluate on." in capsys.readouterr().out
     assert read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "no anomalous test image"
+
+
+def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
+    assert main.main(demo_args("--categories=demo_object")) == 0
+    run = tmp_path / "results" / "demo"
+    evaluated = load_predictions(run / "predictions" / "demo_object.npz")
+    test_images = [sample.image for sample in category_files("mvtec", demo_dir, "demo_object").test]
+    # New images in nested folders, suffixes in any case, one unreadable file.
+    new = tmp_path / "new"
+    chosen = {new / "a" / "000.png": "good/000.png", new / "b" / "IMG.PNG": "missing/001.png",
+              new / "b" / "c" / "scan.bmp": "scratch/002.png"}
+    for path, source in chosen.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(demo_dir / "demo_object" / "test" / source).save(path)
+    broken = new / "broken.png"
+    broken.write_bytes(b"not an image")
+    predict = ["--run_name=demo", f"--results_dir={tmp_path}/results", "--categories=demo_object"]
+    capsys.readouterr()
+
+    assert main.main([*predict, f"--predict={new}"]) == 1
+    err = error_message(capsys.readouterr().err)
+    assert err.startswith(f"error: Cannot read image {broken} (") and err.count("\n") == 1
+    table = run / "predict" / "demo_object.csv"
+    rows = read_rows(table)
+    assert list(rows[0]) == ["path", "score", "normalized_score", "anomalous"]
+    assert [row["path"] for row in rows] == [str(path) for path in sorted(chosen)]
+    # Scored exactly as the test set was: the same checkpoint, settings and per-image FLM masks.
+    scores = np.array([float(row["score"]) for row in rows])
+    expected = [evaluated["scores"][test_images.index(demo_dir / "demo_object" / "test" / chosen[path])]
+                for path in sorted(chosen)]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    threshold, low, high = evaluated["threshold"], evaluated["scores"].min(), evaluated["scores"].max()
+    assert [row["anomalous"] for row in rows] == [str(score >= threshold) for score in scores]
+    np.testing.assert_allclose([float(row["normalized_score"]) for row in rows],
+                               metrics.normalized_scores(scores, threshold, low, high), rtol=1e-6)
+    for overlay in ("a/000.png.png", "b/IMG.PNG.png", "b/c/scan.bmp.png"):
+        assert (run / "predict" / "demo_object" / overlay).read_bytes()[:4] == b"\x89PNG"
+
+    # Every call gives the same scores; one image alone scores as it did among the others.
+    broken.unlink()
+    assert main.main([*predict, f"--predict={new}"]) == 0
+    assert read_rows(table) == rows
+    single = new / "b" / "IMG.PNG"
+    assert main.main(["--run_name=demo", f"--results_dir={tmp_path}/results", f"--predict={single}"]) == 0
+    np.testing.assert_allclose(float(read_rows(table)[0]["score"]), scores[1], rtol=1e-5)
+
+    # Each failure is one sentence.
+    (tmp_path / "results" / "broken").mkdir()
+    (tmp_path / "results" / "broken" / "config.json").write_text('{"EPOCHS": 1}')
+    (tmp_path / "empty").mkdir()
+    for arguments, message in [
+        ([*predict, f"--predict={new}", "--epochs=3"], "leave out --epochs."),
+        (["--run_name=nothing", f"--results_dir={tmp_path}/results", f"--predict={new}"], "No trained run 'nothing'"),
+        (["--run_name=broken", f"--results_dir={tmp_path}/results", f"--predict={new}"],
+         "Cannot rebuild the configuration of run 'broken'"),
+        ([*predict, "--categories=demo_texture", f"--predict={new}"],
+         "Run 'demo' has no checkpoint of category 'demo_texture'"),
+        ([*predict, f"--predict={tmp_path / 'empty'}"], f"No images (png, jpg, jpeg, bmp, tif, tiff) under {tmp_path}"),
+    ]:
+        capsys.readouterr()
+        assert main.main(arguments) == 1
+        err = error_message(capsys.readouterr().err)
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_visa_layout_trains_and_evaluates_end_to_end(tmp_path, plain_args, visa_dir, capsys):
+    visa = ("--dataset=visa", f"--data_dir={visa_dir}")
+    assert main.main(plain_args(*visa, "--categories=")) == 1  # VisA's own 12 categories are not there
+    assert error_message(capsys.readouterr().err) == (
+        f"error: Category 'candle' not found in {visa_dir / 'split_csv' / '1cls.csv'}; found: demo_texture, "
+        f"demo_object.\n")
+    assert main.main(plain_args(*visa, "--categories=demo_object")) == 0
+    rows = read_rows(tmp_path / "results" / "plain" / "metrics.csv")
+    assert rows[0]["category"] == "demo_object" and rows[0]["status"] == "ok" and float(rows[0]["threshold"]) > 0
+    assert "paper" not in (tmp_path / "results" / "plain" / "metrics.md").read_text()

@@ -6,7 +6,7 @@ import pytest
 from skimage import measure
 from sklearn.metrics import auc, roc_auc_score
 
-from utils.metrics import aupro, aupro_per_image, image_auroc, pixel_auroc
+from utils.metrics import aupro, aupro_per_image, f1_threshold, image_auroc, normalized_scores, pixel_auroc
 
 
 def random_set(seed: int, n_images: int = 6, size: int = 10,
@@ -220,3 +220,44 @@ def test_aupro_per_image_binarises_strictly_above_threshold():
 def test_aupro_per_image_needs_an_anomalous_image():
     with pytest.raises(ValueError, match="at least one image with anomalous pixels"):
         aupro_per_image(np.zeros((2, 3, 3), dtype=bool), np.ones((2, 3, 3)))
+
+
+def brute_force_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Every distinct score as the threshold, F1 from the confusion counts; of equal F1 the highest."""
+    best = None
+    for threshold in sorted(set(scores.tolist()), reverse=True):
+        predicted = scores >= threshold
+        tp = int((predicted & (labels == 1)).sum())
+        fp = int((predicted & (labels == 0)).sum())
+        fn = int((~predicted & (labels == 1)).sum())
+        f1 = Fraction(2 * tp, 2 * tp + fp + fn)
+        if best is None or f1 > best[0]:
+            best = (f1, threshold)
+    return best[1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_f1_threshold_matches_brute_force_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 40)
+    labels[0] = 1
+    scores = np.round(rng.random(40) + 0.4 * labels, 1)  # few distinct values: many ties
+    assert f1_threshold(labels, scores) == brute_force_f1_threshold(labels, scores)
+
+
+def test_f1_threshold_hand_cases():
+    # Separable: the lowest anomalous score. Equal F1 at 0.9 and 0.1 (2/3 each): the higher is kept.
+    assert f1_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.6, 0.9])) == 0.6
+    assert f1_threshold(np.array([1, 0, 0, 1]), np.array([0.9, 0.5, 0.3, 0.1])) == 0.9
+    with pytest.raises(ValueError, match="at least one anomalous"):
+        f1_threshold(np.zeros(3, dtype=int), np.arange(3.0))
+
+
+def test_normalized_scores_put_the_threshold_at_one_half():
+    scores = np.array([-1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 9.0])
+    normalized = normalized_scores(scores, threshold=3.0, low=1.0, high=5.0)
+    np.testing.assert_allclose(normalized, [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+    assert ((normalized >= 0.5) == (scores >= 3.0)).all()
+    # A threshold at an end of the test scores: beyond it, the end's value.
+    np.testing.assert_allclose(normalized_scores(scores, 1.0, 1.0, 5.0), [0, 0.5, 0.625, 0.75, 0.875, 1, 1])
+    np.testing.assert_allclose(normalized_scores(scores, 5.0, 1.0, 5.0), [0, 0, 0.125, 0.25, 0.375, 0.5, 1])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dataset import demo
+from dataset.folders import VISA_CATEGORIES
 from dataset.nsa import (
     CATEGORY_PARAMS,
     MODES,
@@ -66,8 +67,8 @@ def test_table_and_defaults():
     assert metal_nut == NSAParams(((0.01, 0.05), (0.01, 0.01)), 1, (20, 20), 0.5, 0.25)
 
 
-def test_demo_categories_have_the_texture_defaults_as_their_constants():
-    for category in demo.CATEGORIES:
+def test_demo_and_visa_categories_have_the_texture_defaults_as_their_constants():
+    for category in demo.CATEGORIES + VISA_CATEGORIES:
         assert has_constants(category)
         assert params_for(category) == TEXTURE_DEFAULTS
 

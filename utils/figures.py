@@ -6,6 +6,9 @@ by main.py; N test images, k examples, S image side, h = w = S / 4):
   defects (N,) str, "good" for normal images;
 - metrics_names (4,) str and metrics_values (4,) float64: image_auroc, pixel_auroc,
   aupro, aupro_per_image as fractions;
+- threshold: 0-d float64, the image score at and above which an image is called anomalous
+  (`utils.metrics.f1_threshold` of the test set), used with the min and max of `scores`
+  to score new images (main.py --predict);
 - pixel_fpr, pixel_tpr (P,) float32: the pixel ROC curve from `utils.metrics.roc_curve`;
 - example_index (k,) int64 into the test set; example_images (k, S, S, 3) uint8;
   example_masks (k, S, S) bool; example_maps (k, S, S) float32 smoothed anomaly maps;
@@ -13,7 +16,8 @@ by main.py; N test images, k examples, S image side, h = w = S / 4):
   features of the examples projected by `pca_project` fitted on the input features.
 
 Figures: Fig. 6 `figure_score_density`, Fig. 7 `figure_examples`, ROC curves
-`figure_roc`, Fig. 9 `figure_features`, Fig. 11 `figure_lambda_sweep`.
+`figure_roc`, Fig. 9 `figure_features`, Fig. 11 `figure_lambda_sweep`; for a new image
+scored with --predict, `figure_overlay`.
 Figures are `matplotlib.figure.Figure` objects rendered by Agg, never registered with
 pyplot: no global state, no backend to select, and each is freed once saved.
 """
@@ -38,18 +42,21 @@ Predictions = dict[str, Any]
 
 
 def save_predictions(path: Path, category: str, scores: np.ndarray, labels: np.ndarray, defects: list[str],
-                     values: dict[str, float], masks: np.ndarray, maps: np.ndarray, images: np.ndarray,
-                     examples: np.ndarray, feature_input: np.ndarray, feature_restored: np.ndarray) -> None:
+                     values: dict[str, float], threshold: float, masks: np.ndarray, maps: np.ndarray,
+                     images: np.ndarray, examples: np.ndarray, feature_input: np.ndarray,
+                     feature_restored: np.ndarray) -> None:
     """Write one category's predictions in the schema above (the module docstring).
 
-    scores (N,), labels (N,), defects N names, values the four metrics, masks (N, S, S),
-    maps (N, S, S), images (N, S, S, 3) uint8; examples (k,) indices of the test images
-    kept whole; feature_input and feature_restored (k, h, w, 3) from pca_project.
+    scores (N,), labels (N,), defects N names, values the four metrics, threshold the
+    decision threshold, masks (N, S, S), maps (N, S, S), images (N, S, S, 3) uint8;
+    examples (k,) indices of the test images kept whole; feature_input and
+    feature_restored (k, h, w, 3) from pca_project.
     """
     pixel_fpr, pixel_tpr = roc_curve(masks.ravel(), maps.ravel())
     np.savez_compressed(
         path, category=category, scores=scores, labels=labels, defects=np.array(defects),
         metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
+        threshold=np.float64(threshold),
         pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=examples,
         example_images=images[examples], example_masks=masks[examples], example_maps=maps[examples],
         feature_input=feature_input, feature_restored=feature_restored,
@@ -148,6 +155,25 @@ def figure_examples(pred: Predictions, path: Path) -> None:
     # The bar shows the colour map itself, not its half-transparent overlay.
     figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=grid[:, 2], label="anomaly score")
     figure.suptitle(f"{pred['category']}: localisation, pixel AU-ROC {_metrics(pred)['pixel_auroc']:.1%}")
+    _save(figure, path)
+
+
+def figure_overlay(image: np.ndarray, anomaly_map: np.ndarray, scale: tuple[float, float], title: str,
+                   path: Path) -> None:
+    """A new image with its anomaly map over it (jet, half transparent) and the score in the title.
+
+    image (S, S, 3) uint8, anomaly_map (S, S); scale: the (min, max) of the colour map,
+    the same for every image of a category (its Fig. 7 examples' range), so that a hotter
+    colour means a higher score on every overlay.
+    """
+    figure = Figure(figsize=(4.6, 4.0), dpi=DPI, layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(image)
+    heat = axes.imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=scale[0], vmax=scale[1])
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_title(title, fontsize=9)
+    figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=axes, label="anomaly score")
     _save(figure, path)
 
 

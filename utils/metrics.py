@@ -12,6 +12,8 @@ masks (N, H, W) of bool or {0, 1}, anomaly maps (N, H, W) of floats.
   anomalous images with its FPR axis rescaled per image. It is not the standard
   metric and reads higher; it exists only to compare like with like with the
   authors' published numbers.
+- `f1_threshold`: the image-score threshold that decides "anomalous" for new images, and
+  `normalized_scores`, which puts it at 0.5 on a [0, 1] scale.
 """
 from __future__ import annotations
 
@@ -50,6 +52,42 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("image labels must be 0 (good) or 1 (anomalous).")
     return _auroc(labels.astype(bool), np.asarray(scores))
+
+
+def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The image-score threshold t maximising F1 on a test set: labels (N,) in {0, 1}, scores (N,).
+
+    An image is predicted anomalous when its score >= t; every distinct score is a
+    candidate, and of equal F1 the highest t is kept (fewer false alarms for the same F1).
+    F1 = 2 TP / (2 TP + FP + FN), anomalous being the positive class.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isin(labels, (0, 1)).all() or not labels.any():
+        raise ValueError("f1_threshold needs labels of 0 (good) and 1 (anomalous), at least one anomalous.")
+    order = np.argsort(scores)[::-1]                                          # descending score
+    sorted_scores, positives = scores[order], labels[order].astype(np.int64)
+    # Ties are one threshold: each distinct score closes at the last image of its run.
+    run_ends = np.append(np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), scores.size - 1)
+    tp = np.cumsum(positives)[run_ends]                                       # (T,) at or above each threshold
+    fp = run_ends + 1 - tp
+    fn = positives.sum() - tp
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    return float(sorted_scores[run_ends][np.argmax(f1)])  # argmax: the first, i.e. highest, of equal F1
+
+
+def normalized_scores(scores: np.ndarray, threshold: float, low: float, high: float) -> np.ndarray:
+    """Scores (N,) on [0, 1]: `low` -> 0, `threshold` -> 0.5, `high` -> 1, linear in between, clipped.
+
+    low and high are the lowest and highest test-set scores, so that a normalized score
+    >= 0.5 means anomalous whatever the method's score scale. Where the threshold equals
+    low (or high), scores beyond it map to 0 (or 1).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    below = 0.5 * (scores - low) / (threshold - low) if threshold > low else np.zeros_like(scores)
+    above = (0.5 + 0.5 * (scores - threshold) / (high - threshold) if high > threshold
+             else np.where(scores > threshold, 1.0, 0.5))
+    return np.clip(np.where(scores < threshold, below, above), 0.0, 1.0)
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:

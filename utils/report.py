@@ -17,9 +17,15 @@ def percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
+def score(value: float | None) -> str:
+    """An image score (the decision threshold) on the method's own scale, 4 significant digits."""
+    return "-" if value is None or math.isnan(value) else f"{value:.4g}"
+
+
 def category_line(category: str, metrics: dict[str, float]) -> str:
-    """One line per category: the four metrics in percent, one decimal."""
-    return f"{category:<12} " + "  ".join(f"{name} {percent(metrics.get(name))}" for name in METRICS)
+    """One line per category: the four metrics in percent, one decimal, and the threshold if chosen."""
+    line = f"{category:<12} " + "  ".join(f"{name} {percent(metrics.get(name))}" for name in METRICS)
+    return line + (f"  threshold {score(metrics['threshold'])}" if "threshold" in metrics else "")
 
 
 def with_mean(rows: list[dict]) -> list[dict]:
@@ -32,13 +38,16 @@ def with_mean(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict], paper: dict[str, tuple] | None, mean: bool = True) -> tuple[list[str], list[list[str]]]:
-    """Header and cells: each metric, then the paper's number and our difference where it reports one."""
+    """Header and cells: each metric, then the paper's number and our difference where it reports one.
+
+    mean=True: the rows are categories, with their decision thresholds, and the mean row is added.
+    """
     header = ["category" if mean else "configuration"]
     for name in METRICS:
         header.append(name)
         if paper is not None and name in PAPER_COLUMNS:
             header += ["paper", "diff"]
-    header.append("status")
+    header += ["threshold", "status"] if mean else ["status"]
     cells = []
     for row in with_mean(rows) if mean else rows:
         reported = (paper or {}).get(row["category"], (None, None, None))
@@ -51,6 +60,8 @@ def table(rows: list[dict], paper: dict[str, tuple] | None, mean: bool = True) -
                 line.append("-" if theirs is None else f"{theirs:.1f}")
                 missing = theirs is None or math.isnan(ours)
                 line.append("-" if missing else f"{100 * ours - theirs:+.1f}")
+        if mean:
+            line.append(score(row.get("threshold")))
         line.append(row.get("status", ""))
         cells.append(line)
     return header, cells
@@ -66,20 +77,27 @@ def write_tables(folder: Path, name: str, rows: list[dict], paper: dict[str, tup
                  note: str = "", mean: bool = True) -> str:
     """Write <folder>/<name>.csv (fractions, full precision) and <name>.md; return the Markdown.
 
-    mean=True adds the mean over the rows (categories); experiment tables, whose rows are
-    configurations, have none.
+    mean=True: the rows are categories; adds their mean and the column of their decision
+    thresholds (utils.metrics.f1_threshold). Experiment tables, whose rows are
+    configurations, have neither.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    spreadsheet = io.StringIO(newline="")
-    writer = csv.DictWriter(spreadsheet, fieldnames=["category", *METRICS, "status"], extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(with_mean(rows) if mean else rows)
-    write_atomically(folder / f"{name}.csv", spreadsheet.getvalue())
+    columns = ["category", *METRICS, *(["threshold"] if mean else []), "status"]
+    write_csv(folder / f"{name}.csv", columns, with_mean(rows) if mean else rows)
     text = markdown(*table(rows, paper, mean))
     if note:
         text += "\n" + note + "\n"
     write_atomically(folder / f"{name}.md", text)
     return text
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """The rows as CSV with these columns (a missing value empty, other keys left out), written atomically."""
+    spreadsheet = io.StringIO(newline="")
+    writer = csv.DictWriter(spreadsheet, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, spreadsheet.getvalue())
 
 
 def write_atomically(path: Path, text: str) -> None:
