@@ -249,7 +249,8 @@ def claim_folders(run: Run, constants: dict[str, Any], results: Path, checkpoint
             raise InputError(f"A run named {run.run_name!r} exists in {results}; choose another --run_name, "
                              f"or --resume=True, --eval_only=True or --overwrite=True.")
         for folder in (results, checkpoints):
-            shutil.rmtree(folder, onerror=_refuse_removal)
+            if folder.exists():
+                shutil.rmtree(folder, onerror=_refuse_removal)
     (results / "predictions").mkdir(parents=True, exist_ok=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
     # An evaluation keeps the configuration its checkpoints were trained with.

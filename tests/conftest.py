@@ -19,17 +19,20 @@ def visa_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def demo_args(tmp_path, demo_dir):
-    """Arguments of a tiny demo run writing into tmp_path: resnet18, 32 px, one epoch, one category.
+def tiny_run(demo_dir, folder, *extra):
+    """Arguments of a tiny demo run writing into folder: resnet18, 32 px, one epoch, one category.
 
     Later arguments override earlier ones, so tests pass what they change.
     """
-    def build(*extra):
-        return ["--demo", f"--data_dir={demo_dir}", f"--results_dir={tmp_path}/results",
-                f"--checkpoint_dir={tmp_path}/checkpoints", "--image_size=32", "--epochs=1",
-                "--categories=demo_texture", "--figures=False", *extra]
-    return build
+    return ["--demo", f"--data_dir={demo_dir}", f"--results_dir={folder}/results",
+            f"--checkpoint_dir={folder}/checkpoints", "--image_size=32", "--epochs=1",
+            "--categories=demo_texture", "--figures=False", *extra]
+
+
+@pytest.fixture
+def demo_args(tmp_path, demo_dir):
+    """tiny_run's arguments, writing into the test's tmp_path."""
+    return lambda *extra: tiny_run(demo_dir, tmp_path, *extra)
 
 
 @pytest.fixture

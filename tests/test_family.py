@@ -5,6 +5,7 @@ import torch
 
 import main
 from model.drd import drd_objective
+from tests.conftest import tiny_run
 from tests.helpers import model_for, read_rows
 
 
@@ -36,27 +37,29 @@ def test_drd_objective_trains_bottleneck_and_student_not_the_teacher():
     assert not any(p.grad is not None for p in model.teacher.parameters())
 
 
-@pytest.mark.parametrize("switch, effect", [
-    ("--bottleneck=mfcf", "MRKD with DRD's bottleneck"),
-    ("--image_score=refined", "MRKD scored by DRD's refined score"),
-    ("--synthesis=drd", "MRKD trained on DRD's pseudo-anomalies"),
-])
-def test_drds_parts_combine_with_mrkd(tmp_path, demo_args, switch, effect):
+@pytest.fixture(scope="module")
+def plain_mrkd(tmp_path_factory, demo_dir):
+    """The tiny demo run without any of DRD's switches, shared by the tests that add one."""
+    folder = tmp_path_factory.mktemp("plain_mrkd")
+    assert main.main(tiny_run(demo_dir, folder)) == 0
+    return folder / "results" / "demo", folder / "checkpoints" / "demo"
+
+
+@pytest.mark.parametrize("switch", ["--bottleneck=mfcf", "--image_score=refined", "--synthesis=drd"])
+def test_drds_parts_combine_with_mrkd(tmp_path, demo_args, plain_mrkd, switch):
     """Each switch, against the same tiny run without it: still MRKD, and the switch changes what it says."""
-    assert main.main(demo_args("--run_name=plain_mrkd")) == 0
-    assert main.main(demo_args(switch, "--run_name=switched")) == 0
-    plain, switched = (torch.load(tmp_path / "checkpoints" / name / "demo_texture.pt", weights_only=True)
-                       for name in ("plain_mrkd", "switched"))
+    assert main.main(demo_args(switch)) == 0
+    results = (plain_mrkd[0], tmp_path / "results" / "demo")
+    plain, switched = (torch.load(folder / "demo_texture.pt", weights_only=True)
+                       for folder in (plain_mrkd[1], tmp_path / "checkpoints" / "demo"))
     assert switched["generators"] and switched["config"]["LOSS"] == "mrkd"  # still MRKD: FLM's G are trained
-    name, value = switch.removeprefix("--").split("=")
-    predictions = [np.load(tmp_path / "results" / name / "predictions" / "demo_texture.npz")
-                   for name in ("plain_mrkd", "switched")]
     if switch == "--bottleneck=mfcf":
         assert any(key.startswith("level3") for key in switched["bottleneck"])
         assert not any(key.startswith("level3") for key in plain["bottleneck"])
     elif switch == "--image_score=refined":
         # The same weights, the same maps, other image scores: (1 + v) x max.
         assert all(torch.equal(plain["student"][key], tensor) for key, tensor in switched["student"].items())
+        predictions = [np.load(folder / "predictions" / "demo_texture.npz") for folder in results]
         np.testing.assert_array_equal(predictions[0]["example_maps"], predictions[1]["example_maps"])
         ratio = predictions[1]["scores"] / predictions[0]["scores"]
         assert np.all(ratio > 1) and np.all(ratio < 3) and np.ptp(ratio) > 0

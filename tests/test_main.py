@@ -130,23 +130,29 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     assert (run / "config.json").read_text() == config and read_rows(run / "metrics.csv") == rows
 
 
-def test_a_run_never_silently_replaces_another(tmp_path, demo_args, plain_args, capsys):
-    assert main.main(plain_args()) == 0
-    capsys.readouterr()
-    for attempt in (plain_args(), demo_args("--run_name=plain")):
-        assert main.main(attempt) == 1
-        assert "A run named 'plain' exists" in capsys.readouterr().err
-    # The demo may replace its own earlier run.
-    assert main.main(demo_args()) == 0
-    assert main.main(demo_args()) == 0
+def test_a_run_never_silently_replaces_another(tmp_path, capsys):
+    def earlier_run(name, demo):
+        (tmp_path / "results" / name / "predictions").mkdir(parents=True)
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "results" / name / "metrics.csv").write_text("category\n")
+        (tmp_path / "results" / name / "predictions" / "other.npz").write_text("")
+        (tmp_path / "checkpoints" / name / "other.pt").write_text("")
+        (tmp_path / "results" / name / "config.json").write_text(json.dumps({"DEMO": demo}))
 
+    def claim(name, *arguments):
+        run = main.resolve(parse_overrides(main.CONSTANTS, [f"--run_name={name}", *arguments])).run
+        main.claim_folders(run, {}, tmp_path / "results" / name, tmp_path / "checkpoints" / name)
 
-def test_overwrite_replaces_the_whole_run(tmp_path, demo_args):
-    assert main.main(demo_args("--categories=demo_texture,demo_object", "--epochs=1")) == 0
-    assert main.main(demo_args("--overwrite=True")) == 0
-    run = tmp_path / "results" / "demo"
-    assert [path.name for path in (run / "predictions").iterdir()] == ["demo_texture.npz"]
-    assert [path.name for path in (tmp_path / "checkpoints" / "demo").iterdir()] == ["demo_texture.pt"]
+    earlier_run("mine", demo=False)
+    for arguments in ((), ("--demo",)):  # a demo never replaces a run of the user's own
+        with pytest.raises(main.InputError, match="A run named 'mine' exists"):
+            claim("mine", *arguments)
+    earlier_run("demo", demo=True)
+    claim("demo", "--demo")  # the demo may replace its own earlier run
+    assert not (tmp_path / "results" / "demo" / "metrics.csv").exists()
+    claim("mine", "--overwrite=True")  # replaces the whole run: no category of the old one is left
+    assert list((tmp_path / "results" / "mine").rglob("*.*")) == [tmp_path / "results" / "mine" / "config.json"]
+    assert list((tmp_path / "checkpoints" / "mine").iterdir()) == []
 
 
 def test_a_run_that_failed_on_bad_input_can_be_rerun(tmp_path, plain_args, capsys):

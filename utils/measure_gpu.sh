@@ -17,7 +17,10 @@ for stage in "$@"; do
     rehearsal) python3 -m model.benchmark --rehearsal --fast --ranks=4 --data=/tmp/rehearsal &&
                python3 -m model.benchmark --rehearsal --ranks=4 --data=/tmp/rehearsal &&
                python3 -m model.benchmark --rehearsal --ranks=1 --data=/tmp/rehearsal ;;
-    demo) /usr/bin/time -f "demo: %e s" python3 main.py --demo --results_dir=/tmp/demo --checkpoint_dir=/tmp/demo ;;
+    demo) for path in False True; do
+            /usr/bin/time -f "demo, fast=$path: %e s" python3 main.py --demo --fast=$path --run_name=fast_$path \
+              --results_dir=/tmp/demo --checkpoint_dir=/tmp/demo && cat /tmp/demo/fast_$path/metrics.md
+          done ;;
     *) echo "unknown stage $stage" ;;
   esac 2>&1 | tee "$out/$stage.log" | grep -v -E "training:|loading|checking files" | tail -25
 done
