@@ -273,11 +273,13 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     rows = read_rows(table)
     assert list(rows[0]) == ["path", "score", "normalized_score", "anomalous"]
     assert [row["path"] for row in rows] == [str(path) for path in sorted(chosen)]
-    # Scored exactly as the test set was: the same checkpoint, settings and per-image FLM masks.
+    # Scored as the test set was: the same checkpoint, settings and per-image FLM masks, up to
+    # the float noise of convolutions on batches of another size (1.2e-4 seen on an H100 with
+    # cuDNN's TF32 convolutions, 1e-7 on a CPU).
     scores = np.array([float(row["score"]) for row in rows])
     expected = [evaluated["scores"][test_images.index(demo_dir / "demo_object" / "test" / chosen[path])]
                 for path in sorted(chosen)]
-    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(scores, expected, rtol=1e-3)
     threshold, low, high = evaluated["threshold"], evaluated["scores"].min(), evaluated["scores"].max()
     assert [row["anomalous"] for row in rows] == [str(score >= threshold) for score in scores]
     np.testing.assert_allclose([float(row["normalized_score"]) for row in rows],
