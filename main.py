@@ -249,18 +249,18 @@ def claim_folders(run: Run, constants: dict[str, Any], results: Path, checkpoint
             raise InputError(f"A run named {run.run_name!r} exists in {results}; choose another --run_name, "
                              f"or --resume=True, --eval_only=True or --overwrite=True.")
         for folder in (results, checkpoints):
-            if folder.exists():
-                shutil.rmtree(folder, onerror=_refuse_removal)
+            try:
+                shutil.rmtree(folder)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise InputError(f"Cannot remove {error.filename} to overwrite the run ({error.strerror}); "
+                                 f"make it writable or choose another --run_name.") from None
     (results / "predictions").mkdir(parents=True, exist_ok=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
     # An evaluation keeps the configuration its checkpoints were trained with.
     if not (run.eval_only and (results / "config.json").exists()):
         write_atomically(results / "config.json", json.dumps(constants, indent=2) + "\n")
-
-
-def _refuse_removal(function: Callable, path: str, error: Any) -> None:
-    raise InputError(f"Cannot remove {path} to overwrite the run ({error[1]}); "
-                     f"make it writable or choose another --run_name.")
 
 
 def load_trained(model: MRKD, path: Path, training: Training, ignore: tuple[str, ...], what: str,

@@ -1,5 +1,6 @@
 """main.py end to end on the demo data: configuration, errors, checkpoints, resume, runs never lost."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -130,7 +131,7 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     assert (run / "config.json").read_text() == config and read_rows(run / "metrics.csv") == rows
 
 
-def test_a_run_never_silently_replaces_another(tmp_path, capsys):
+def test_a_run_never_silently_replaces_another(tmp_path, monkeypatch):
     def earlier_run(name, demo):
         (tmp_path / "results" / name / "predictions").mkdir(parents=True)
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
@@ -150,6 +151,17 @@ def test_a_run_never_silently_replaces_another(tmp_path, capsys):
     earlier_run("demo", demo=True)
     claim("demo", "--demo")  # the demo may replace its own earlier run
     assert not (tmp_path / "results" / "demo" / "metrics.csv").exists()
+    real_unlink = os.unlink
+
+    def read_only(path, *arguments, **keywords):
+        if str(path).endswith(".npz"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_unlink(path, *arguments, **keywords)
+
+    with monkeypatch.context() as patch:  # a file that cannot be removed: one sentence, nothing written
+        patch.setattr(os, "unlink", read_only)
+        with pytest.raises(main.InputError, match=r"Cannot remove \S*other.npz to overwrite the run \(Permission"):
+            claim("mine", "--overwrite=True")
     claim("mine", "--overwrite=True")  # replaces the whole run: no category of the old one is left
     assert list((tmp_path / "results" / "mine").rglob("*.*")) == [tmp_path / "results" / "mine" / "config.json"]
     assert list((tmp_path / "checkpoints" / "mine").iterdir()) == []
