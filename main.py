@@ -241,7 +241,7 @@ def claim_folders(run: Run, constants: dict[str, Any], results: Path, checkpoint
     A run exists once it has written metrics or checkpoints; --overwrite=True deletes it
     first, and a demo run may replace an earlier demo run of the same name.
     """
-    written = [path for path in (*results.glob("*.csv"), *checkpoints.glob("**/*.pt"))]
+    written = [*results.glob("*.csv"), *checkpoints.glob("**/*.pt")]
     if written and not (run.resume or run.eval_only):
         earlier = results / "config.json"
         earlier_demo = earlier.exists() and json.loads(earlier.read_text()).get("DEMO") is True
