@@ -400,16 +400,21 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
     return {"category": category, **values, "threshold": threshold, "status": "ok"}
 
 
-def run_categories(settings: Settings, results: Path, checkpoints: Path) -> list[dict[str, Any]]:
+def run_categories(settings: Settings, results: Path, checkpoints: Path, check_data: bool = True
+                   ) -> list[dict[str, Any]]:
     """Every category in turn (under torchrun: this rank's share), the table rewritten after each,
-    so nothing is lost on a crash; returns every category's row, in order, on every rank."""
+    so nothing is lost on a crash; returns every category's row, in order, on every rank.
+
+    check_data: decode every file first (False: an earlier row of the experiment did).
+    """
     run = settings.run
     ranks = Ranks.from_launcher()
     categories = run.categories or DATASET_CATEGORIES[settings.training.dataset]
     mine = ranks.share(categories)
     # Every file of every category is found and decoded before any work.
     files = {category: category_files(settings.training.dataset, run.data_dir, category) for category in categories}
-    ranks.agree(lambda: check_files({category: files[category] for category in mine}))
+    if check_data:
+        ranks.agree(lambda: check_files({category: files[category] for category in mine}))
     device = pick_device(run.device, ranks.local_rank)
     ranks.agree(lambda: claim_folders(run, settings.constants, results, checkpoints), only_rank=0)
     paper = paper_rows(run.method, settings.training, categories)
@@ -441,14 +446,17 @@ def run_experiment(name: str, rows: list[Settings], results: Path, checkpoints: 
     """
     preset = PRESETS[name]
     trained: dict[Training, Path] = {}  # -> the folder holding its checkpoints
+    checked: set[tuple[str, str]] = set()  # (dataset, data_dir) whose files were decoded
     table_rows = []
     for row, settings in zip(preset.rows, rows):
         label = row.label
         if settings.training in trained:
             settings = replace(settings, run=replace(settings.run, eval_only=True, resume=False))
         folder = trained.setdefault(settings.training, checkpoints / slug(label))
+        data = (settings.training.dataset, settings.run.data_dir)
         print(f"\n{preset.title}: {label}")
-        categories = run_categories(settings, results / slug(label), folder)
+        categories = run_categories(settings, results / slug(label), folder, check_data=data not in checked)
+        checked.add(data)
         failed = any(category["status"] == "diverged" for category in categories)
         table_rows.append({**with_mean(categories)[-1], "category": label, "status": "diverged" if failed else "ok"})
     # A row's paper numbers are for the dataset it names (MVTec AD unless it sets DATASET): on another

@@ -89,8 +89,11 @@ def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_
         assert_png_with_content(run / "baseline_ILM_FLM_MRKD" / "figures" / f"demo_object_{name}.png")
 
 
-def test_table7_preset_evaluates_one_training_six_ways(tmp_path, demo_args):
+def test_table7_preset_evaluates_one_training_six_ways(tmp_path, demo_args, monkeypatch):
+    checks = []
+    monkeypatch.setattr(main, "check_files", lambda files: checks.append(sorted(files)))
     assert main.main(demo_args("--categories=demo_object", "--experiment=table7")) == 0
+    assert checks == [["demo_object"]]  # the files are decoded once, not once per row
     assert [p.name for p in (tmp_path / "checkpoints" / "table7").iterdir()] == ["SM_1"]
     rows = read_rows(tmp_path / "results" / "table7" / "table7.csv")
     assert [row["category"] for row in rows] == [row.label for row in PRESETS["table7"].rows]
