@@ -232,6 +232,11 @@ def resolve(overrides: dict[str, Any], row: dict[str, Any] | None = None) -> Set
     constants = {**CONSTANTS, **demo, **METHODS[method], **overrides, **row}
     if constants["EXPERIMENT"] and "RUN_NAME" not in overrides:
         constants["RUN_NAME"] = constants["EXPERIMENT"]  # results/<preset>/ unless named
+    return settings_of(constants)
+
+
+def settings_of(constants: dict[str, Any]) -> Settings:
+    """The bundles of a full set of constants (each checks its ranges)."""
     return Settings(constants, bundle(Training, constants), bundle(Scoring, constants), bundle(Run, constants))
 
 
@@ -520,7 +525,7 @@ def rebuild(overrides: dict[str, Any]) -> Settings:
         typed = {name: tuple(value) if isinstance(CONSTANTS[name], tuple) and isinstance(value, list) else value
                  for name, value in saved.items() if name in CONSTANTS}
         constants = {**CONSTANTS, **typed, "CATEGORIES": (), **overrides}
-        return Settings(constants, bundle(Training, constants), bundle(Scoring, constants), bundle(Run, constants))
+        return settings_of(constants)
     except (ValueError, TypeError, AttributeError, InputError) as error:
         raise InputError(f"Cannot rebuild the configuration of run {where['RUN_NAME']!r} from {path} "
                          f"({str(error).rstrip('.')}); train the run again with this version.") from None

@@ -366,10 +366,11 @@ def level1_features(model: MRKD, images: torch.Tensor, device: torch.device,
                     mask_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Level-1 features of a few images for Fig. 9: the student's input f_T^1 and the restored f_G^1, (k, C, h, w).
 
-    Both are unit-normalised over the channels: the cosine loss leaves the norm of the
-    restored features free, and the anomaly map sees only their directions.
+    The masks are the ones predict draws for these images. Both are unit-normalised over
+    the channels: the cosine loss leaves the norm of the restored features free, and the
+    anomaly map sees only their directions.
     """
     model.eval()
     target, student = model.distill(images.to(device))
-    restored = model.restore(student, MaskDraws(torch.Generator().manual_seed(mask_seed)))
+    restored = model.restore(student, MaskDraws(image_generators(images, mask_seed)))
     return tuple(F.normalize(f[0].float(), dim=1).cpu().numpy() for f in (target, restored))
