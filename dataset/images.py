@@ -119,10 +119,6 @@ class EpochSampler(Sampler[int]):
         self.seed = seed
         self.epoch = start_epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass epoch `epoch` (e.g. when resuming a run)."""
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return self.n_items
 

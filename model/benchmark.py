@@ -43,15 +43,25 @@ from sklearn.metrics import auc, roc_auc_score
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-import main
 from dataset.demo import DEFECTS, make_sample
-from main import CONSTANTS
-from model import MRKD, mrkd_objective
-from model.engine import CapturedStep, Execution, Scoring, pick_device, predict, train_epoch
+from model.engine import Execution, Trainer, build, pick_device, predict, train_epoch
 from model.generator import MaskDraws
 from model.loss import distillation_loss
+from model.methods import mrkd_objective
+from model.mrkd import MRKD
+from model.settings import Settings, resolve
 from utils import metrics
-from utils.config import bundle
+from utils.config import read_constants
+
+# main.py's constants, read without running main.py.
+MAIN = read_constants(Path(__file__).resolve().parent.parent / "main.py")
+DEMO_CONFIG, METHODS = MAIN.pop("DEMO_CONFIG"), MAIN.pop("METHODS")
+CONSTANTS = MAIN
+
+
+def settings_for(**overrides) -> Settings:
+    """main.py's settings with these constants changed."""
+    return resolve(CONSTANTS, DEMO_CONFIG, METHODS, overrides)
 
 VARIANTS = {"a": "(a) authors", "b": "(b) faithful", "c": "(c) fast", "d": "(d) (b) not determ."}
 
@@ -83,7 +93,7 @@ def authors_train_step(model: MRKD, optimizer: torch.optim.Optimizer, clean: tor
     clean, augmented = clean.to(device), augmented.to(device)
     target = model.teacher(clean)
     inputs = model.teacher(augmented)  # a second teacher pass
-    loss = distillation_loss(target, model.decode(inputs))
+    loss = distillation_loss(target, model.restore(model.decode(inputs)))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -110,7 +120,8 @@ def authors_evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, label
     model.eval()
     pixel_labels, pixel_scores, image_scores, pros = [], [], [], []
     for image, mask in zip(images, masks):
-        target, restored = model(image[None].to(device))
+        target, _ = model.encode(image[None].to(device))
+        restored = model.restore(model.decode(target))
         amap = sum(F.interpolate((1 - F.cosine_similarity(t, g))[:, None], size=size, mode="bilinear",
                                  align_corners=True) for t, g in zip(target, restored))
         amap = gaussian_filter(amap[0, 0].cpu().numpy(), sigma=CONSTANTS["SIGMA"])
@@ -123,10 +134,11 @@ def authors_evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, label
 
 
 def evaluate(model: MRKD, images: torch.Tensor, masks: np.ndarray, labels: np.ndarray, device: torch.device,
-             size: int, batch: int, execution: Execution) -> dict[str, float]:
+             settings: Settings, execution: Execution) -> dict[str, float]:
     """The four metrics of this project's evaluation, batched on the device, with main.py's scoring constants."""
-    loader = DataLoader(TensorDataset(images), batch_size=batch, pin_memory=device.type == "cuda")
-    scores, maps = predict(model, loader, device, bundle(Scoring, {**CONSTANTS, "IMAGE_SIZE": size}), execution)
+    loader = DataLoader(TensorDataset(images), batch_size=settings.training.batch_size,
+                        pin_memory=device.type == "cuda")
+    scores, maps = predict(model, loader, device, settings.scoring, execution, settings.training.seed)
     return metrics.evaluate(labels, scores, masks, maps)
 
 
@@ -139,16 +151,13 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
     """Train `steps` steps after `warmup` and evaluate one synthetic category; runs in its own process."""
     torch.manual_seed(0)
     device = pick_device(options.device)
-    settings = main.resolve({"BACKBONE": options.backbone, "WEIGHTS": None, "IMAGE_SIZE": options.size,
-                             "BATCH_SIZE": options.batch, "FAST": variant == "c"})
-    model, execution = main.build(settings.training, device, options.compile and variant == "c")
+    settings = settings_for(BACKBONE=options.backbone, WEIGHTS=None, IMAGE_SIZE=options.size,
+                            BATCH_SIZE=options.batch, FAST=variant == "c", COMPILE=options.compile and variant == "c")
+    model, execution = build(settings.training, settings.machine, device)
     if variant == "d":  # the faithful path without cuDNN's deterministic algorithms: what determinism costs
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
-    training = settings.training
-    optimizer = execution.optimizer(model.trainable_parameters(), training.learning_rate, training.betas,
-                                    training.weight_decay)
-    captured = CapturedStep(model, optimizer, mrkd_objective, execution) if execution.capture else None
+    trainer = Trainer.of(model, mrkd_objective, execution, device, settings.training)
     batches = synthetic_batches(options.warmup + options.steps, options.batch, options.size, device.type == "cuda")
     draws = MaskDraws(torch.Generator().manual_seed(0))
 
@@ -156,9 +165,9 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
         if variant == "a":
             model.train()
             for clean, augmented in chunk:
-                authors_train_step(model, optimizer, clean, augmented, device)
+                authors_train_step(model, trainer.optimizer, clean, augmented, device)
         else:
-            train_epoch(model, chunk, optimizer, device, mrkd_objective, draws, execution, captured=captured)
+            train_epoch(trainer, chunk, draws)
 
     train(batches[:options.warmup])
     synchronize(device)
@@ -172,13 +181,13 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
         authors_evaluate(model, images[:2], masks[:2], labels[:2], device, options.size)  # warm-up
     else:
         evaluate(model, images[:options.batch], masks[:options.batch], labels[:options.batch], device,
-                 options.size, options.batch, execution)
+                 settings, execution)
     synchronize(device)
     started = time.perf_counter()
     if variant == "a":
         authors_evaluate(model, images, masks, labels, device, options.size)
     else:
-        evaluate(model, images, masks, labels, device, options.size, options.batch, execution)
+        evaluate(model, images, masks, labels, device, settings, execution)
     synchronize(device)
     eval_seconds = time.perf_counter() - started
 
@@ -253,7 +262,8 @@ def rehearse(options: argparse.Namespace) -> None:
     log = Path(options.data) / f"rehearsal_{options.ranks}_{path}.log"
     log.write_text(finished.stdout + finished.stderr)
     if finished.returncode != 0:
-        sys.exit(f"main.py failed (exit {finished.returncode}); its output is in {log}")
+        print(f"error: main.py failed (exit {finished.returncode}); its output is in {log}", file=sys.stderr)
+        sys.exit(1)
     epochs: dict[str, list[float]] = {}
     for category, epoch, seconds in EPOCH_LINE.findall(finished.stdout):
         if int(epoch) > 1:  # the first epoch also pays for cuDNN's autotuner and the graph capture

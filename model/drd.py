@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from model.loss import level_distances, upsample_levels
 
 if TYPE_CHECKING:
-    from model import MRKD
+    from model.mrkd import MRKD
     from model.generator import MaskDraws
 
 # Std of the Gaussian noise added to the pseudo-abnormal image's teacher features
@@ -100,10 +100,10 @@ def drd_objective(model: MRKD, clean: torch.Tensor, pseudo: torch.Tensor,
     """DRD's training step: the normal and the pseudo-abnormal image both go through
     bottleneck and student, the pseudo-abnormal teacher features with Gaussian noise;
     returns drd_loss."""
-    target, pseudo_features = model.teacher_pair(clean, pseudo)
+    target, pseudo_features = model.encode(clean, pseudo)
     pseudo_features = add_noise(pseudo_features, NOISE_STD)
-    restored = model.decode(target, draws)
-    restored_pseudo = model.decode(pseudo_features, draws)
+    restored = model.restore(model.decode(model.project(target)), draws)
+    restored_pseudo = model.restore(model.decode(model.project(pseudo_features)), draws)
     return drd_loss(target, restored, pseudo_features, restored_pseudo, clean, pseudo)
 
 

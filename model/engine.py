@@ -1,7 +1,7 @@
-"""The engine, the same for every method: one epoch of training, batched prediction, checkpoints.
+"""The engine, the same for every method: building a model, the training step, batched scoring, checkpoints.
 
-A method is its objective (model.OBJECTIVES) and its image score (IMAGE_SCORES);
-everything else here is shared by MRKD, RD4AD and DRD, main.py and the benchmark.
+A method is its objective and its image score (model/methods.py); everything else here is
+shared by every method, main.py, --predict and the benchmark.
 """
 from __future__ import annotations
 
@@ -19,15 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import MRKD
 from model.generator import MaskDraws
-from model.drd import refined_image_score
-from model.loss import anomaly_map, gaussian_blur, image_score, level_distances
-from utils.config import check
+from model.loss import anomaly_map, gaussian_blur, level_distances
+from model.methods import IMAGE_SCORES, Objective, build_model
+from model.mrkd import MRKD
+from model.settings import Machine, Scoring, Training
+from utils.config import FORMAT
 from utils.errors import InputError
-
-# A training objective: (model, clean images, ILM inputs or None, FLM mask draws) -> loss.
-Objective = Callable[[MRKD, torch.Tensor, "torch.Tensor | None", "MaskDraws | None"], torch.Tensor]
 
 
 class Diverged(Exception):
@@ -61,14 +59,12 @@ def seed_everything(seed: int) -> None:
 class Execution:
     """How the networks run: plain fp32 (the faithful path, the default) or the fast path.
 
-    The fast path autocasts to `dtype` (bf16, or fp16 with a gradient scaler) and keeps
-    images and weights channels_last; on a GPU with bf16 it also runs Adam as one fused
-    kernel and replays each training step as a captured CUDA graph (`capture`). It
-    changes the numbers within bf16 rounding, not the method.
+    The fast path autocasts to bf16 and keeps images and weights channels_last; on a GPU
+    it also runs Adam as one fused kernel and replays each training step as a captured
+    CUDA graph (`capture`). It changes the numbers within bf16 rounding, not the method.
     """
 
     dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
     channels_last: bool = False
     capture: bool = False
 
@@ -94,7 +90,9 @@ def execution_for(device: torch.device, fast: bool) -> Execution:
     Faithful: cuDNN's deterministic algorithms and no autotuner, so that two runs, and a
     resumed and an uninterrupted run, are equal on a GPU too (ops without a deterministic
     CUDA kernel, such as the bilinear upsampling in DRD's segmentation loss, warn).
-    Fast: cuDNN's autotuner, which gives up bit-exact repeatability.
+    Fast: cuDNN's autotuner, which gives up bit-exact repeatability; on a GPU without bf16
+    (before Ampere) fp32 with channels_last and the autotuner, since fp16 would need a
+    gradient scaler that no measured device of this project needs.
     """
     torch.use_deterministic_algorithms(not fast, warn_only=True)
     torch.backends.cudnn.deterministic = not fast
@@ -103,7 +101,41 @@ def execution_for(device: torch.device, fast: bool) -> Execution:
         return Execution()
     if device.type == "cpu" or torch.cuda.is_bf16_supported():
         return Execution(torch.bfloat16, channels_last=True, capture=device.type == "cuda")
-    return Execution(torch.float16, torch.amp.GradScaler(device.type), channels_last=True)
+    return Execution(channels_last=True)
+
+
+def build(training: Training, machine: Machine, device: torch.device) -> tuple[MRKD, Execution]:
+    """The model of the Training settings on the device, and how it runs (faithful or fast)."""
+    model = build_model(backbone=training.backbone, weights=training.weights, bottleneck=training.bottleneck,
+                        flm=training.flm, flm_ratio=training.flm_ratio).to(device)
+    execution = execution_for(device, training.fast)
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if machine.compile:
+        for part in (model.teacher, model.bottleneck, model.student, *model.generators):
+            part.compile()  # each part, since training and evaluation call them separately
+    return model, execution
+
+
+class Step:
+    """One training step of Algorithm 1: the objective, backward and Adam. The eager path calls
+    it; the fast path on a GPU records this same call as a CUDA graph (CapturedStep).
+
+    No weight-cast cache under autocast, as a graph needs (a cache would outlive the replay),
+    and gradients zeroed in place, where a graph reads them.
+    """
+
+    def __init__(self, model: MRKD, optimizer: torch.optim.Optimizer, objective: Objective, execution: Execution):
+        self.model, self.optimizer, self.objective, self.execution = model, optimizer, objective, execution
+
+    def __call__(self, clean: torch.Tensor, augmented: torch.Tensor | None, draws: MaskDraws | None) -> torch.Tensor:
+        """Returns the batch's loss (a tensor on the device), after the weights were updated."""
+        self.optimizer.zero_grad(set_to_none=False)
+        with self.execution.autocast(clean.device, cache=False):
+            loss = self.objective(self.model, clean, augmented, draws)
+        loss.backward()
+        self.optimizer.step()
+        return loss
 
 
 class StaticDraws(MaskDraws):
@@ -133,28 +165,25 @@ class StaticDraws(MaskDraws):
 
 
 class CapturedStep:
-    """The fast path's training step on a GPU (objective, backward, Adam), captured once as a
-    CUDA graph and replayed for every batch of the captured shape.
+    """The fast path's Step on a GPU, captured once as a CUDA graph and replayed for every batch
+    of the captured shape.
 
     Why: a step of the wide net launches a few thousand kernels, and issuing them one by
     one costs the CPU more time than the GPU needs to run them. The graph reads static
     buffers: each batch is copied in, and the FLM draws are refilled from the epoch's
     MaskDraws in the order the eager step draws them, so the masks are the eager ones.
-    A batch of another shape (an epoch's last) runs eagerly on the same weights and Adam.
-    The loss is checked after the step, so a diverging step has already updated the
-    weights (the checkpoint on disk is still the last good one).
+    A batch of another shape (an epoch's last) runs the eager Step on the same weights and Adam.
     """
 
-    def __init__(self, model: MRKD, optimizer: torch.optim.Optimizer, objective: Objective, execution: Execution):
-        self.model, self.optimizer, self.objective, self.execution = model, optimizer, objective, execution
+    def __init__(self, step: Step):
+        self.step = step
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def __call__(self, clean: torch.Tensor, augmented: torch.Tensor | None, draws: MaskDraws) -> torch.Tensor:
-        """Run one step on the batch; returns its loss (a tensor on the GPU)."""
         if self.graph is None:
             self.capture(clean, augmented)
         if clean.shape != self.clean.shape:
-            return self.eager(clean, augmented, draws)
+            return self.step(clean, augmented, draws)
         self.clean.copy_(clean)
         if augmented is not None:
             self.augmented.copy_(augmented)
@@ -162,166 +191,136 @@ class CapturedStep:
         self.graph.replay()
         return self.loss
 
-    def eager(self, clean: torch.Tensor, augmented: torch.Tensor | None, draws: MaskDraws) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=False)  # the graph's gradient buffers stay where it reads them
-        # No weight-cast cache, as in the graph: the same autocast state, so torch.compile's
-        # guards hold and nothing is compiled while the graph is captured.
-        with self.execution.autocast(clean.device, cache=False):
-            loss = self.objective(self.model, clean, augmented, draws)
-        loss.backward()
-        self.optimizer.step()
-        return loss
-
     def capture(self, clean: torch.Tensor, augmented: torch.Tensor | None) -> None:
         """Warm up on a side stream, put weights and Adam's state back, then record one step."""
+        model, optimizer = self.step.model, self.step.optimizer
         self.clean = clean.clone(memory_format=torch.preserve_format)
         self.augmented = None if augmented is None else augmented.clone(memory_format=torch.preserve_format)
-        saved_weights = {name: value.clone() for name, value in self.model.state_dict().items()}
-        saved_state = {p: {k: v.clone() for k, v in state.items()} for p, state in self.optimizer.state.items()}
+        saved_weights = {name: value.clone() for name, value in model.state_dict().items()}
+        saved_state = {p: {k: v.clone() for k, v in state.items()} for p, state in optimizer.state.items()}
         self.draws = StaticDraws(torch.Generator().manual_seed(0))  # the first warm-up step records
         warm_up = MaskDraws(torch.Generator().manual_seed(1))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):
-                self.optimizer.zero_grad(set_to_none=True)
-                self.eager(self.clean, self.augmented, self.draws)
+                self.step(self.clean, self.augmented, self.draws)
                 self.draws.refill(warm_up)
         torch.cuda.current_stream().wait_stream(stream)
         with torch.no_grad():  # in place: the graph records these tensors' addresses
-            for name, value in self.model.state_dict().items():
+            for name, value in model.state_dict().items():
                 value.copy_(saved_weights[name])
-            for parameter, state in self.optimizer.state.items():
+            for parameter, state in optimizer.state.items():
                 for key, value in state.items():
-                    if parameter in saved_state:
-                        value.copy_(saved_state[parameter][key])
-                    else:  # a fresh Adam: no step taken yet
-                        value.zero_()
-        self.optimizer.zero_grad(set_to_none=True)
+                    value.copy_(saved_state[parameter][key])
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            with self.execution.autocast(clean.device, cache=False):  # no weight-cast cache across replays
-                self.loss = self.objective(self.model, self.clean, self.augmented, self.draws)
-            self.loss.backward()
-            self.optimizer.step()
+            self.loss = self.step(self.clean, self.augmented, self.draws)
 
 
-def train_epoch(model: MRKD, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
-                objective: Objective, draws: MaskDraws | None, execution: Execution,
-                on_step: Callable[[float], None] | None = None, captured: CapturedStep | None = None) -> float:
+@dataclass
+class Trainer:
+    """What every epoch of one category's training needs: the model, its step (eager or
+    captured, kept across epochs), how it runs, and where."""
+
+    model: MRKD
+    step: Step | CapturedStep
+    execution: Execution
+    device: torch.device
+
+    @classmethod
+    def of(cls, model: MRKD, objective: Objective, execution: Execution, device: torch.device,
+           training: Training) -> Trainer:
+        optimizer = execution.optimizer(model.trainable_parameters(), training.learning_rate, training.betas,
+                                        training.weight_decay)
+        step = Step(model, optimizer, objective, execution)
+        return cls(model, CapturedStep(step) if execution.capture else step, execution, device)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.step.step.optimizer if isinstance(self.step, CapturedStep) else self.step.optimizer
+
+
+def train_epoch(trainer: Trainer, loader: Iterable, draws: MaskDraws | None,
+                on_step: Callable[[float], None] | None = None) -> float:
     """One pass over the batches, (clean,) or (clean, augmented); returns the mean loss.
 
-    captured: the step as a CUDA graph (the fast path on a GPU), kept across epochs.
-    Raises Diverged, before any further step, when the loss is not finite.
+    Raises Diverged when a step's loss is not finite (that step has updated the weights;
+    the checkpoint on disk is still the last good one).
     """
-    model.train()
+    trainer.model.train()
     total, steps = 0.0, 0
     for clean, *rest in loader:
-        clean = execution.to_device(clean, device)
-        augmented = execution.to_device(rest[0], device) if rest else None
-        if captured is not None:
-            value = captured(clean, augmented, draws).item()
-        else:
-            with execution.autocast(device):
-                loss = objective(model, clean, augmented, draws)
-            value = loss.item()
+        clean = trainer.execution.to_device(clean, trainer.device)
+        augmented = trainer.execution.to_device(rest[0], trainer.device) if rest else None
+        value = trainer.step(clean, augmented, draws).item()
         if not np.isfinite(value):
             raise Diverged(f"the loss became {value} at step {steps + 1}")
-        if captured is None:
-            optimizer.zero_grad(set_to_none=True)
-            if execution.scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                execution.scaler.scale(loss).backward()
-                execution.scaler.step(optimizer)
-                execution.scaler.update()
         total, steps = total + value, steps + 1
         if on_step is not None:
             on_step(value)
     return total / max(steps, 1)
 
 
-# The image score from the level distances and the smoothed map: Eq. (6), the map's
-# maximum, or DRD's refined score.
-IMAGE_SCORES = {
-    "max": lambda distances, maps: image_score(maps),
-    "refined": refined_image_score,
-}
+def image_draws(images: torch.Tensor, seed: int) -> MaskDraws:
+    """The test-time FLM draws of a batch (B, 3, S, S): one CPU generator per image, seeded by
+    `seed` and the image's values.
 
-
-@dataclass(frozen=True)
-class Scoring:
-    """How maps and image scores are computed at test time (Sec. 3.4): main.py's evaluation
-    constants, by their lower-case names. Rows of an experiment that differ only here
-    share one training."""
-
-    image_size: int
-    score_levels: tuple[int, ...]  # Eq. (5); Table 7
-    sigma: float                   # Gaussian smoothing
-    eval_masks: int                # K FLM masks averaged
-    image_score: str               # a key of IMAGE_SCORES
-    seed: int                      # seeds the test-time FLM masks
-
-    def __post_init__(self) -> None:
-        rules = [
-            (len(self.score_levels) > 0 and set(self.score_levels) <= {1, 2, 3},
-             "SCORE_LEVELS must be a non-empty subset of 1,2,3"),
-            (self.sigma >= 0, "SIGMA must be at least 0"),
-            (self.eval_masks >= 1, "EVAL_MASKS must be at least 1"),
-            (self.image_score in IMAGE_SCORES, f"IMAGE_SCORE must be one of {', '.join(IMAGE_SCORES)}"),
-        ]
-        check(rules)
-
-
-def image_generators(images: torch.Tensor, seed: int) -> list[torch.Generator]:
-    """One CPU generator per image of a batch (B, 3, S, S), seeded by `seed` and the image's values.
-
-    Test-time FLM masks drawn from them depend on nothing but the image: not on the batch
-    size, the order, nor the other images scored with it. An image scored alone, in a
-    folder of new images or in its test set gets the same masks, hence the same score.
+    Masks drawn from them depend on nothing but the image: not on the batch size, the
+    order, nor the other images scored with it. An image scored alone, in a folder of new
+    images or in its test set gets the same masks, hence the same score.
     """
     generators = []
     for image in images.detach().cpu():
         digest = hashlib.blake2b(seed.to_bytes(8, "little", signed=True), digest_size=8)
         digest.update(image.contiguous().numpy().tobytes())
         generators.append(torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little")))
-    return generators
+    return MaskDraws(generators)
+
+
+def score_images(model: MRKD, images: torch.Tensor, scoring: Scoring, draws: MaskDraws
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image scores (B,) and smoothed anomaly maps (B, S, S) of a batch (B, 3, S, S), Eq. (5)-(6).
+
+    FLM stays on at test time (Sec. 3.4); with K masks the level distances of K independent
+    masks are averaged. The maps and scores are computed in fp32 whatever autocast is on.
+    """
+    target, _ = model.encode(images)
+    student = model.decode(model.project(target))
+    runs = [level_distances(target, model.restore(student, draws), scoring.score_levels)
+            for _ in range(scoring.eval_masks)]
+    distances = [sum(level) / scoring.eval_masks for level in zip(*runs)]   # [(B, h_l, w_l)]
+    with torch.autocast(images.device.type, enabled=False):
+        maps = gaussian_blur(anomaly_map(distances, images.shape[-1]), scoring.sigma)  # (B, S, S)
+        return IMAGE_SCORES[scoring.image_score](distances, maps), maps
 
 
 @torch.no_grad()
-def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scoring,
-            execution: Execution) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores (N,) and smoothed anomaly maps (N, S, S), Eq. (5)-(6), batched on the device.
+def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scoring, execution: Execution,
+            seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (N,) and smoothed anomaly maps (N, S, S) of the batches (images first), on the device.
 
-    FLM stays on at test time (Sec. 3.4); each image's masks come from a CPU generator
-    seeded with scoring.seed and the image itself (image_generators), so one checkpoint
-    gives an image the same score on every call, in any batch, on any device. With K
-    masks the level distances of K independent masks are averaged.
+    Each image's masks come from image_draws(image, seed), so one checkpoint gives an image
+    the same score on every call, in any batch, on any device.
     """
     model.eval()
     all_scores, all_maps = [], []
     # Test batches come in few shapes, each seen a few times: tuning cuDNN for each costs more than it saves.
     autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     for batch in loader:
-        draws = MaskDraws(image_generators(batch[0], scoring.seed))
         images = execution.to_device(batch[0], device)
         with execution.autocast(device):
-            target, student = model.distill(images)
-            runs = [level_distances(target, model.restore(student, draws), scoring.score_levels)
-                    for _ in range(scoring.eval_masks)]
-        distances = [sum(level) / scoring.eval_masks for level in zip(*runs)]   # [(B, h_l, w_l)]
-        maps = gaussian_blur(anomaly_map(distances, scoring.image_size), scoring.sigma)  # (B, S, S)
-        all_scores.append(IMAGE_SCORES[scoring.image_score](distances, maps))
+            scores, maps = score_images(model, images, scoring, image_draws(batch[0], seed))
+        all_scores.append(scores)
         all_maps.append(maps)
     torch.backends.cudnn.benchmark = autotune
     return torch.cat(all_scores).cpu().numpy(), torch.cat(all_maps).cpu().numpy()
 
 
 def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | None, epoch: int,
-                    config: dict[str, Any]) -> None:
-    """State dicts of the trained parts (and of the optimiser unless None), the epoch and the
-    configuration that shaped them.
+                    training: Training) -> None:
+    """State dicts of the trained parts (and of the optimiser unless None), the epoch, and the
+    Training settings that shaped them with the run format (`config`).
 
     Written to a temporary file and renamed, so a crash never leaves a broken checkpoint.
     """
@@ -330,7 +329,7 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
         "student": model.student.state_dict(),
         "generators": model.generators.state_dict(),
         "epoch": epoch,
-        "config": config,
+        "config": {"FORMAT": FORMAT, **training.record()},
     }
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
@@ -351,11 +350,37 @@ def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
                          f"again.") from None
 
 
-def load_weights(model: MRKD, state: dict[str, Any], path: Path) -> None:
+@dataclass(frozen=True)
+class Trained:
+    """A checkpoint as read: its state, its Training settings, the epoch it reached."""
+
+    state: dict[str, Any]
+    training: Training
+    epoch: int
+
+    @property
+    def finished(self) -> bool:
+        """Whether it holds the weights after its last epoch (an unfinished one keeps its optimiser)."""
+        return self.epoch >= self.training.epochs and "optimizer" not in self.state
+
+
+def read_trained(path: Path, device: torch.device, training: Training, use: str) -> Trained:
+    """A checkpoint, refused with one sentence when it was trained with Training settings other
+    than `training` in a field that may not differ for `use` (utils/config.py: USES)."""
+    state = read_checkpoint(path, device)
+    recorded = Training.from_record(state.get("config", {}), str(path))
+    conflicts = training.conflicts(recorded, use)
+    if conflicts:
+        raise InputError(f"Cannot {use} with {path}: it was trained with other settings ({'; '.join(conflicts)}); "
+                         f"use the settings it was trained with, or another --run_name.")
+    return Trained(state, recorded, int(state["epoch"]))
+
+
+def load_weights(model: MRKD, trained: Trained, path: Path) -> None:
     """Put a checkpoint's trained parts into the model."""
     try:
         for part in ("bottleneck", "student", "generators"):
-            getattr(model, part).load_state_dict(state[part])
+            getattr(model, part).load_state_dict(trained.state[part])
     except (RuntimeError, KeyError) as error:
         raise InputError(f"The checkpoint {path} does not fit this model "
                          f"({type(error).__name__}: {str(error).splitlines()[0]}).") from None
@@ -371,6 +396,6 @@ def level1_features(model: MRKD, images: torch.Tensor, device: torch.device,
     anomaly map sees only their directions.
     """
     model.eval()
-    target, student = model.distill(images.to(device))
-    restored = model.restore(student, MaskDraws(image_generators(images, mask_seed)))
+    target, _ = model.encode(images.to(device))
+    restored = model.restore(model.decode(model.project(target)), image_draws(images, mask_seed))
     return tuple(F.normalize(f[0].float(), dim=1).cpu().numpy() for f in (target, restored))

@@ -14,16 +14,14 @@ import torch.nn.functional as F
 ALL_LEVELS = (1, 2, 3)
 
 
-def distillation_loss(teacher: Sequence[torch.Tensor], restored: Sequence[torch.Tensor],
-                      levels: Sequence[int] = ALL_LEVELS) -> torch.Tensor:
+def distillation_loss(teacher: Sequence[torch.Tensor], restored: Sequence[torch.Tensor]) -> torch.Tensor:
     """Loss L, Eq. (4): sum over levels of 1 - cos(vec(f_T,n^l), vec(f_G^l)), averaged over the batch.
 
     Each sample's whole (C, H, W) map is flattened to one vector, as the authors do.
     """
     loss = teacher[0].new_zeros(())
-    for level in levels:
-        t = teacher[level - 1].flatten(1).float()   # (B, C*H*W)
-        g = restored[level - 1].flatten(1).float()
+    for t, g in zip(teacher, restored):
+        t, g = t.flatten(1).float(), g.flatten(1).float()   # (B, C*H*W)
         loss = loss + (1 - F.cosine_similarity(t, g, dim=1)).mean()
     return loss
 

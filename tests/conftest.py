@@ -22,11 +22,13 @@ def visa_dir(tmp_path_factory):
 def tiny_run(demo_dir, folder, *extra):
     """Arguments of a tiny demo run writing into folder: resnet18, 32 px, one epoch, one category.
 
-    Later arguments override earlier ones, so tests pass what they change.
+    Later arguments replace earlier ones of the same name (main.py refuses a name given
+    twice), so tests pass what they change.
     """
-    return ["--demo", f"--data_dir={demo_dir}", f"--results_dir={folder}/results",
-            f"--checkpoint_dir={folder}/checkpoints", "--image_size=32", "--epochs=1",
-            "--categories=demo_texture", "--figures=False", *extra]
+    arguments = ["--demo", f"--data_dir={demo_dir}", f"--results_dir={folder}/results",
+                 f"--checkpoint_dir={folder}/checkpoints", "--image_size=32", "--epochs=1",
+                 "--categories=demo_texture", "--figures=False", *extra]
+    return list({argument.partition("=")[0]: argument for argument in arguments}.values())
 
 
 @pytest.fixture

@@ -1,14 +1,27 @@
-"""Helpers shared by the tests: models with main.py's constants, reading result tables."""
+"""Helpers shared by the tests: models and settings with main.py's constants, reading result tables."""
 import csv
 
-from main import CONSTANTS
-from model import build_model
+import main
+from model.methods import build_model
+from model.settings import resolve
 
 
 def model_for(backbone="resnet18", weights=None, **changes):
     """build_model with main.py's defaults for the arguments a test does not change."""
-    arguments = {"flm_ratio": CONSTANTS["FLM_RATIO"], "flm": CONSTANTS["FLM"], "bottleneck": CONSTANTS["BOTTLENECK"]}
-    return build_model(backbone, weights, **{**arguments, **changes})
+    arguments = {"flm_ratio": main.CONSTANTS["FLM_RATIO"], "flm": main.CONSTANTS["FLM"],
+                 "bottleneck": main.CONSTANTS["BOTTLENECK"]}
+    return build_model(backbone=backbone, weights=weights, **{**arguments, **changes})
+
+
+def through(model, images, augmented=None, draws=None):
+    """The target f_T,n and the restored features f_G, through the model's four steps (model/mrkd.py)."""
+    target, inputs = model.encode(images, augmented)
+    return target, model.restore(model.decode(model.project(inputs)), draws)
+
+
+def settings_of(overrides=None, row=None):
+    """main.py's settings with these overrides (and an experiment row's constants)."""
+    return resolve(main.CONSTANTS, main.DEMO_CONFIG, main.METHODS, overrides or {}, row)
 
 
 def read_rows(path):

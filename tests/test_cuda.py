@@ -5,9 +5,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import main
-from model import mrkd_objective
-from model.engine import CapturedStep, Execution, execution_for, train_epoch
+from model.engine import CapturedStep, Execution, Step, Trainer, execution_for, train_epoch
 from model.generator import MaskDraws
+from model.methods import mrkd_objective
 from tests.helpers import model_for, read_rows
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -38,10 +38,9 @@ def test_captured_step_replays_the_eager_step():
         execution = Execution(capture=True)
         model = model_for("resnet18").to(device)
         optimizer = execution.optimizer(model.trainable_parameters(), 0.005, (0.5, 0.999), 0.0)
-        captured = CapturedStep(model, optimizer, mrkd_objective, execution) if capture else None
-        losses.append([train_epoch(model, batches, optimizer, device, mrkd_objective,
-                                   MaskDraws(torch.Generator().manual_seed(1)), execution, captured=captured)
-                       for _ in range(3)])
+        step = Step(model, optimizer, mrkd_objective, execution)
+        trainer = Trainer(model, CapturedStep(step) if capture else step, execution, device)
+        losses.append([train_epoch(trainer, batches, MaskDraws(torch.Generator().manual_seed(1))) for _ in range(3)])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
 
 

@@ -5,9 +5,10 @@ from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import model_for
-from model import mrkd_objective
-from model.engine import Execution, Scoring, execution_for, image_generators, predict, train_epoch
+from model.engine import Execution, Step, Trainer, execution_for, predict, image_draws, train_epoch
 from model.generator import MaskDraws
+from model.methods import mrkd_objective
+from model.settings import Scoring
 from model.loss import anomaly_map, image_score, level_distances
 
 
@@ -19,7 +20,7 @@ def setup():
 
 
 def run(model, loader, masks=1, seed=111, sigma=4.0):
-    return predict(model, loader, torch.device("cpu"), Scoring(32, (1, 2, 3), sigma, masks, "max", seed), Execution())
+    return predict(model, loader, torch.device("cpu"), Scoring((1, 2, 3), sigma, masks, "max"), Execution(), seed)
 
 
 def test_prediction_is_repeatable_and_depends_on_the_mask_seed():
@@ -42,7 +43,7 @@ def test_an_images_score_depends_on_the_image_alone_not_its_batch():
         # Equal up to the float noise of convolutions on batches of other sizes.
         np.testing.assert_allclose(other_scores, scores[list(order)], rtol=1e-5)
         np.testing.assert_allclose(other_maps, maps[list(order)], rtol=1e-4, atol=1e-6)
-    twins = image_generators(torch.stack([images[0], images[0], images[1]]), 111)
+    twins = image_draws(torch.stack([images[0], images[0], images[1]]), 111).generator
     draws = [torch.rand(4, generator=generator) for generator in twins]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
 
@@ -51,9 +52,10 @@ def test_k_masks_average_k_independent_maps():
     model, loader = setup()
     model.eval()
     images = next(iter(loader))[0]
-    draws = MaskDraws(image_generators(images, 7))
+    draws = image_draws(images, 7)
     with torch.no_grad():
-        target, student = model.distill(images)
+        target, _ = model.encode(images)
+        student = model.decode(model.project(target))
         expected = sum(anomaly_map(level_distances(target, model.restore(student, draws)), 32)
                        for _ in range(3)) / 3
     maps = run(model, DataLoader(TensorDataset(images), batch_size=4), masks=3, seed=7, sigma=0)[1]
@@ -79,12 +81,12 @@ def test_fast_path_computes_the_same_maps_and_losses_to_bf16_precision():
     torch.manual_seed(0)
     model = model_for("resnet18")
     images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    scoring = Scoring(64, (1, 2, 3), 4.0, 1, "max", 111)
+    scoring = Scoring((1, 2, 3), 4.0, 1, "max")
     cpu, fast = torch.device("cpu"), execution_for(torch.device("cpu"), fast=True)
     assert fast.dtype == torch.bfloat16 and fast.channels_last
     loader = DataLoader(TensorDataset(images), batch_size=4)
-    scores, maps = predict(model, loader, cpu, scoring, Execution())
-    fast_scores, fast_maps = predict(model.to(memory_format=torch.channels_last), loader, cpu, scoring, fast)
+    scores, maps = predict(model, loader, cpu, scoring, Execution(), 111)
+    fast_scores, fast_maps = predict(model.to(memory_format=torch.channels_last), loader, cpu, scoring, fast, 111)
     assert not np.array_equal(fast_maps, maps)  # bf16 did run
     assert np.linalg.norm(fast_maps - maps) / np.linalg.norm(maps) < 1.5e-3
     assert np.abs(fast_scores - scores).max() / np.abs(scores).max() < 5e-3
@@ -97,8 +99,8 @@ def test_fast_path_computes_the_same_maps_and_losses_to_bf16_precision():
             trained = trained.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(trained.trainable_parameters(), lr=0.005, betas=(0.5, 0.999))
         pairs = DataLoader(TensorDataset(images, images.flip(-1)), batch_size=4)
-        losses.append([train_epoch(trained, pairs, optimizer, cpu, mrkd_objective, MaskDraws(torch.Generator().manual_seed(1)),
-                                   execution) for _ in range(2)])
+        trainer = Trainer(trained, Step(trained, optimizer, mrkd_objective, execution), execution, cpu)
+        losses.append([train_epoch(trainer, pairs, MaskDraws(torch.Generator().manual_seed(1))) for _ in range(2)])
     (first, second), (fast_first, fast_second) = losses
     assert abs(fast_first - first) / first < 4e-3
     assert abs(fast_second - second) / second < 0.1

@@ -6,17 +6,17 @@ import torch
 import main
 from model.drd import drd_objective
 from tests.conftest import tiny_run
-from tests.helpers import model_for, read_rows
+from tests.helpers import model_for, read_rows, settings_of
 
 
 def test_method_drd_brings_drds_parts_and_training_constants():
-    drd = main.resolve({"METHOD": "drd"})
+    drd = settings_of({"METHOD": "drd"})
     assert (drd.training.loss, drd.training.bottleneck, drd.training.synthesis, drd.scoring.image_score) == \
         ("drd", "mfcf", "drd", "refined")
     assert (drd.training.flm, drd.training.batch_size, drd.training.weight_decay, drd.training.learning_rate) == \
         (False, 4, 1e-5, 0.005)
     # MRKD's defaults are untouched by DRD's existence.
-    mrkd = main.resolve({})
+    mrkd = settings_of()
     assert (mrkd.training.loss, mrkd.training.bottleneck, mrkd.training.synthesis, mrkd.scoring.image_score,
             mrkd.training.weight_decay) == ("mrkd", "ocbe", "nsa", "max", 0.0)
 

@@ -1,4 +1,5 @@
-"""Tests of utils/figures.py on small fake predictions with main.py's schema, on CPU."""
+"""Tests of utils/figures.py and utils/predictions.py on small fake predictions, on CPU."""
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,14 @@ from sklearn.decomposition import PCA
 
 from utils import metrics
 from utils.figures import (draw_category, draw_run, figure_features, figure_lambda_sweep, figure_overlay,
-                           figure_score_density, load_predictions, pca_project)
+                           figure_score_density, pca_project)
+from utils.predictions import Predictions
 
 
 def fake_predictions(path: Path, n: int = 12, k: int = 3, size: int = 64, channels: int = 8,
-                     seed: int = 0) -> dict:
+                     seed: int = 0) -> Predictions:
     """Write one category's predictions as main.py does (the category is the file name) and
-    return them as load_predictions reads them.
+    return the record as written.
 
     The second half of the n images is anomalous, each with a dark disc; the maps peak on
     the discs; the input features carry the discs and the restored ones mostly remove them.
@@ -35,7 +37,6 @@ def fake_predictions(path: Path, n: int = 12, k: int = 3, size: int = 64, channe
     scores = maps.max(axis=(1, 2))                                                     # (N,)
     values = {"image_auroc": metrics.image_auroc(labels, scores), "pixel_auroc": metrics.pixel_auroc(masks, maps),
               "aupro": metrics.aupro(masks, maps), "aupro_per_image": metrics.aupro_per_image(masks, maps)}
-    pixel_fpr, pixel_tpr = metrics.roc_curve(masks.ravel(), maps.ravel())
     example_index = np.flatnonzero(labels)[:k]
 
     # Level-1-like features at a quarter of the image side: smooth fields plus the defect.
@@ -47,13 +48,10 @@ def fake_predictions(path: Path, n: int = 12, k: int = 3, size: int = 64, channe
     feature_input, feature_restored = pca_project(feature_input, feature_restored)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path, category=path.stem, scores=scores, labels=labels, defects=defects,
-        metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
-        threshold=np.float64(metrics.f1_threshold(labels, scores)), pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr,
-        example_index=example_index, example_images=images[example_index], example_masks=masks[example_index],
-        example_maps=maps[example_index], feature_input=feature_input, feature_restored=feature_restored)
-    return load_predictions(path)
+    predictions = Predictions.of(path.stem, scores, labels, list(defects), values, metrics.f1_threshold(labels, scores),
+                                 masks, maps, images, example_index, feature_input, feature_restored)
+    predictions.save(path)
+    return predictions
 
 
 def assert_drawn(path: Path) -> np.ndarray:
@@ -67,14 +65,21 @@ def assert_drawn(path: Path) -> np.ndarray:
     return pixels
 
 
-def test_load_predictions_round_trip(tmp_path):
-    pred = fake_predictions(tmp_path / "bottle.npz")
-    assert pred["category"] == "bottle" and isinstance(pred["category"], str)
-    assert pred["scores"].shape == (12,) and pred["labels"].dtype == np.int64
-    assert pred["defects"][0] == "good" and pred["defects"][-1] in ("crack", "hole")
-    assert pred["feature_input"].shape == pred["feature_restored"].shape == (3, 16, 16, 3)
-    assert pred["metrics_names"].tolist() == ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
-    assert isinstance(pred["threshold"], float) and pred["threshold"] in pred["scores"]
+def test_predictions_are_read_back_field_by_field(tmp_path):
+    written = fake_predictions(tmp_path / "bottle.npz")
+    pred = Predictions.load(tmp_path / "bottle.npz")
+    for field in fields(Predictions):
+        np.testing.assert_array_equal(getattr(pred, field.name), getattr(written, field.name), err_msg=field.name)
+    assert pred.category == "bottle" and isinstance(pred.category, str)
+    assert pred.scores.shape == (12,) and pred.labels.dtype == np.int64
+    assert pred.defects[0] == "good" and pred.defects[-1] in ("crack", "hole")
+    assert pred.feature_input.shape == pred.feature_restored.shape == (3, 16, 16, 3)
+    assert list(pred.metrics) == ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
+    assert isinstance(pred.threshold, float) and pred.threshold in pred.scores
+    # An evaluation written before thresholds existed reads with none.
+    with np.load(tmp_path / "bottle.npz") as data:
+        np.savez(tmp_path / "old.npz", **{name: data[name] for name in data.files if name != "threshold"})
+    assert Predictions.load(tmp_path / "old.npz").threshold is None
 
 
 def test_pca_project_matches_sklearn_with_fixed_signs():
@@ -130,25 +135,25 @@ def test_draw_category_and_run(tmp_path):
 def test_figure_features_with_and_without_the_ilm_only_run(tmp_path):
     with_flm = fake_predictions(tmp_path / "bottle.npz")
     # The run without FLM sees the same images through the same teacher; only its restoration differs.
-    distortion = np.random.default_rng(1).standard_normal(with_flm["feature_restored"].shape).astype(np.float32)
-    without_flm = dict(with_flm, feature_restored=with_flm["feature_restored"] + distortion)
+    distortion = np.random.default_rng(1).standard_normal(with_flm.feature_restored.shape).astype(np.float32)
+    without_flm = replace(with_flm, feature_restored=with_flm.feature_restored + distortion)
     figure_features(with_flm, without_flm, tmp_path / "both.png")
     figure_features(with_flm, None, tmp_path / "flm_only.png")
     both, flm_only = assert_drawn(tmp_path / "both.png"), assert_drawn(tmp_path / "flm_only.png")
     assert both.shape[0] == flm_only.shape[0] and both.shape[1] > flm_only.shape[1]  # one column fewer
 
-    other_images = dict(without_flm, example_index=without_flm["example_index"] + 1)
+    other_images = replace(without_flm, example_index=without_flm.example_index + 1)
     with pytest.raises(ValueError, match="same test images"):
         figure_features(with_flm, other_images, tmp_path / "mismatch.png")
-    flipped = without_flm["feature_input"] * np.array([-1, 1, 1], dtype=np.float32)  # another sign of PC 1
+    flipped = without_flm.feature_input * np.array([-1, 1, 1], dtype=np.float32)  # another sign of PC 1
     with pytest.raises(ValueError, match="one PCA basis"):
-        figure_features(with_flm, dict(without_flm, feature_input=flipped), tmp_path / "mismatch.png")
+        figure_features(with_flm, replace(without_flm, feature_input=flipped), tmp_path / "mismatch.png")
 
 
 def test_figure_overlay_draws_the_map_over_the_image(tmp_path):
     pred = fake_predictions(tmp_path / "bottle.npz")
-    maps = pred["example_maps"]
-    figure_overlay(pred["example_images"][0], maps[0], (float(maps.min()), float(maps.max())),
+    maps = pred.example_maps
+    figure_overlay(pred.example_images[0], maps[0], (float(maps.min()), float(maps.max())),
                    "000.png: score 0.7 (normalized 0.81), anomalous", tmp_path / "overlay" / "000.png.png")
     assert_drawn(tmp_path / "overlay" / "000.png.png")
 
@@ -165,13 +170,12 @@ def test_figure_lambda_sweep(tmp_path):
 @pytest.mark.parametrize("case", ["normal scores equal", "all scores equal", "one anomalous image"])
 def test_score_density_without_spread(tmp_path, case):
     pred = fake_predictions(tmp_path / "bottle.npz")
-    scores = pred["scores"].copy()
+    scores = pred.scores.copy()
     if case == "normal scores equal":
-        scores[pred["labels"] == 0] = 0.3
+        scores[pred.labels == 0] = 0.3
     elif case == "all scores equal":
         scores[:] = 0.3
     else:
-        pred["labels"] = np.zeros_like(pred["labels"])
-        pred["labels"][-1] = 1
-    figure_score_density(dict(pred, scores=scores), tmp_path / "scores.png")
+        pred = replace(pred, labels=np.eye(len(scores), dtype=np.int64)[-1])
+    figure_score_density(replace(pred, scores=scores), tmp_path / "scores.png")
     assert_drawn(tmp_path / "scores.png")

@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 
 import main
-import model
 from dataset import category_files
-from tests.helpers import error_message, read_rows
+from model.methods import OBJECTIVES
+from tests.helpers import error_message, read_rows, settings_of
 from utils import metrics
 from utils.config import parse_overrides
-from utils.figures import load_predictions
+from utils.predictions import Predictions
+from utils.runs import RunLock
 
 METRIC_NAMES = ["image_auroc", "pixel_auroc", "aupro", "aupro_per_image"]
 
@@ -51,28 +52,28 @@ def test_bad_constants_give_one_clear_sentence(argument, message, capsys):
 
 def test_every_constant_belongs_to_a_settings_bundle():
     """A constant no bundle reads would be silently ignored."""
-    settings = main.resolve({})
-    bundled = {name.upper() for part in (settings.training, settings.scoring, settings.run)
-               for name in main.asdict(part)}
-    assert set(main.CONSTANTS) <= bundled
+    settings = settings_of()
+    bundled = [name for part in (settings.training, settings.scoring, settings.run, settings.machine, settings.mode)
+               for name in part.record()]
+    assert sorted(bundled) == sorted(main.CONSTANTS)  # each constant in exactly one bundle
 
 
 def test_resolution_layers_demo_method_command_line_and_row():
-    demo = main.resolve({"DEMO": True, "EPOCHS": 1})
+    demo = settings_of({"DEMO": True, "EPOCHS": 1})
     assert (demo.training.epochs, demo.training.backbone, demo.training.weights) == (1, "resnet18", None)
-    assert main.resolve({}).training.epochs == 200  # the paper's, without --demo
-    drd = main.resolve({"METHOD": "drd", "IMAGE_SCORE": "max"})
+    assert settings_of({}).training.epochs == 200  # the paper's, without --demo
+    drd = settings_of({"METHOD": "drd", "IMAGE_SCORE": "max"})
     assert (drd.training.loss, drd.training.bottleneck, drd.training.batch_size, drd.scoring.image_score) == \
         ("drd", "mfcf", 4, "max")  # the command line wins over the method's preset
-    row = main.resolve({"ALPHA": 0.5}, {"ALPHA": 0.2})
+    row = settings_of({"ALPHA": 0.5}, {"ALPHA": 0.2})
     assert row.training.alpha == 0.2  # a row is what its table says
-    assert main.resolve({"EXPERIMENT": "table8"}).run.run_name == "table8"
-    assert main.resolve({"EXPERIMENT": "table8", "DEMO": True}).run.run_name == "table8"
-    assert main.resolve({"EXPERIMENT": "table8", "RUN_NAME": "mine"}).run.run_name == "mine"
+    assert settings_of({"EXPERIMENT": "table8"}).run.run_name == "table8"
+    assert settings_of({"EXPERIMENT": "table8", "DEMO": True}).run.run_name == "table8"
+    assert settings_of({"EXPERIMENT": "table8", "RUN_NAME": "mine"}).run.run_name == "mine"
 
 
 def test_defaults_are_the_papers():
-    settings = main.resolve({})
+    settings = settings_of({})
     training, scoring = settings.training, settings.scoring
     assert (training.epochs, training.batch_size, training.learning_rate, training.betas) == (200, 16, 0.005, (0.5, 0.999))
     assert (training.flm_ratio, training.alpha, training.seed, training.image_size) == (0.2, 1.0, 111, 256)
@@ -83,7 +84,8 @@ def test_defaults_are_the_papers():
 def test_help_shows_the_constants_and_the_demo_and_method_settings(capsys):
     assert main.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "FLM_RATIO = 0.2" in out and "DEMO_CONFIG = dict(" in out and '"drd": dict(LOSS="drd"' in out
+    assert "--flm_ratio=0.2  # lambda of Eq. (2), Sec. 4.1" in out and "\nTraining:\n  --epochs=200  # Sec. 4.1" in out
+    assert "What --demo sets:\n  {'DATA_DIR': 'results/demo_data'" in out and "drd: {'LOSS': 'drd'" in out
 
 
 def test_missing_dataset_exits_with_the_loaders_message_only(tmp_path, capsys):
@@ -108,14 +110,13 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     assert json.loads((run / "config.json").read_text())["EPOCHS"] == 1
     assert (run / "metrics.md").read_text().startswith("| category |")
     # The decision threshold for new images: the best F1 on the test scores, in the table and the predictions.
-    evaluated = load_predictions(run / "predictions" / "demo_texture.npz")
-    assert float(rows[0]["threshold"]) == evaluated["threshold"] == \
-        metrics.f1_threshold(evaluated["labels"], evaluated["scores"])
+    evaluated = Predictions.load(run / "predictions" / "demo_texture.npz")
+    assert float(rows[0]["threshold"]) == evaluated.threshold == metrics.f1_threshold(evaluated.labels, evaluated.scores)
     assert rows[1]["threshold"] == "" and f"threshold {float(rows[0]['threshold']):.4g}" in out
     assert (run / "figures" / "demo_texture_examples.png").exists()
     # A finished category keeps its weights, not the optimiser's state.
     checkpoint = torch.load(tmp_path / "checkpoints" / "demo" / "demo_texture.pt", weights_only=True)
-    assert checkpoint["epoch"] == 1 and checkpoint["config"]["BACKBONE"] == "resnet18"
+    assert checkpoint["epoch"] == 1 and checkpoint["config"]["BACKBONE"] == "resnet18" and checkpoint["config"]["FORMAT"] == 2
     assert set(checkpoint) == {"bottleneck", "student", "generators", "epoch", "config"}
 
     # Evaluating the saved checkpoint again gives exactly the same numbers (seeded FLM masks).
@@ -127,7 +128,7 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     capsys.readouterr()
     assert main.main(demo_args("--eval_only=True", "--backbone=resnet50")) == 1
     err = error_message(capsys.readouterr().err)
-    assert "trained with other settings (BACKBONE 'resnet18' -> 'resnet50')" in err and err.count("\n") == 1
+    assert "it was trained with other settings (BACKBONE 'resnet18' -> 'resnet50')" in err and err.count("\n") == 1
     assert (run / "config.json").read_text() == config and read_rows(run / "metrics.csv") == rows
 
 
@@ -141,8 +142,13 @@ def test_a_run_never_silently_replaces_another(tmp_path, monkeypatch):
         (tmp_path / "results" / name / "config.json").write_text(json.dumps({"DEMO": demo}))
 
     def claim(name, *arguments):
-        run = main.resolve(parse_overrides(main.CONSTANTS, [f"--run_name={name}", *arguments])).run
-        main.claim_folders(run, {}, tmp_path / "results" / name, tmp_path / "checkpoints" / name)
+        settings = settings_of(parse_overrides(main.CONSTANTS, [f"--run_name={name}", f"--results_dir={tmp_path}/results",
+                                                                f"--checkpoint_dir={tmp_path}/checkpoints", *arguments]))
+        lock = RunLock(tmp_path / "checkpoints" / name, name)
+        try:
+            main.claim(settings, settings.run.folders(), lock)
+        finally:
+            lock.release()
 
     earlier_run("mine", demo=False)
     for arguments in ((), ("--demo",)):  # a demo never replaces a run of the user's own
@@ -151,20 +157,26 @@ def test_a_run_never_silently_replaces_another(tmp_path, monkeypatch):
     earlier_run("demo", demo=True)
     claim("demo", "--demo")  # the demo may replace its own earlier run
     assert not (tmp_path / "results" / "demo" / "metrics.csv").exists()
-    real_unlink = os.unlink
+    real_rename = os.rename
 
-    def read_only(path, *arguments, **keywords):
-        if str(path).endswith(".npz"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_unlink(path, *arguments, **keywords)
+    def no_second_move(source, target):
+        if "checkpoints" in str(source):
+            raise PermissionError(13, "Permission denied", str(source))
+        return real_rename(source, target)
 
-    with monkeypatch.context() as patch:  # a file that cannot be removed: one sentence, nothing written
-        patch.setattr(os, "unlink", read_only)
-        with pytest.raises(main.InputError, match=r"Cannot remove \S*other.npz to overwrite the run \(Permission"):
+    with monkeypatch.context() as patch:  # the checkpoints cannot be moved: nothing is deleted, one sentence
+        patch.setattr(os, "rename", no_second_move)
+        with pytest.raises(main.InputError, match=r"Cannot move \S*checkpoints/mine aside to overwrite the run \(Permission denied\); "
+                                                  r"nothing was deleted"):
             claim("mine", "--overwrite=True")
+    assert (tmp_path / "results" / "mine" / "predictions" / "other.npz").exists()
+    assert (tmp_path / "checkpoints" / "mine" / "other.pt").exists()
     claim("mine", "--overwrite=True")  # replaces the whole run: no category of the old one is left
-    assert list((tmp_path / "results" / "mine").rglob("*.*")) == [tmp_path / "results" / "mine" / "config.json"]
-    assert list((tmp_path / "checkpoints" / "mine").iterdir()) == []
+    assert list((tmp_path / "results" / "mine").rglob("*.*")) == []
+    assert not (tmp_path / "checkpoints" / "mine").exists()
+    # Nothing left aside, no lock file left behind.
+    assert sorted(path.name for path in (tmp_path / "results").iterdir()) == ["demo", "mine"]
+    assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
 def test_a_run_that_failed_on_bad_input_can_be_rerun(tmp_path, plain_args, capsys):
@@ -177,7 +189,7 @@ def test_unwritable_results_give_one_sentence_and_keep_the_metrics(tmp_path, dem
     (tmp_path / "file").write_text("")
     assert main.main(demo_args(f"--results_dir={tmp_path}/file")) == 1
     err = error_message(capsys.readouterr().err)
-    assert err.startswith("error: cannot write") and str(tmp_path / "file") in err and err.count("\n") == 1
+    assert err.startswith(f"error: Cannot create the folder {tmp_path / 'file' / 'demo'}") and err.count("\n") == 1
 
     def refuse(*arguments):
         raise PermissionError(13, "Permission denied", str(tmp_path / "figure.png"))
@@ -190,7 +202,7 @@ def test_unwritable_results_give_one_sentence_and_keep_the_metrics(tmp_path, dem
 
 def test_eval_only_without_checkpoint_is_a_clear_error(tmp_path, demo_args, capsys):
     assert main.main(demo_args("--eval_only=True", "--run_name=untrained")) == 1
-    assert "No checkpoint at" in capsys.readouterr().err
+    assert "Run 'untrained' has no checkpoint to evaluate in" in capsys.readouterr().err
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, demo_args, monkeypatch, capsys):
@@ -232,7 +244,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, demo_a
 
 
 def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path, demo_args, monkeypatch, capsys):
-    real_objective = model.OBJECTIVES["mrkd"]
+    real_objective = OBJECTIVES["mrkd"]
     calls = []
 
     def loss_turning_nan(*arguments):
@@ -240,7 +252,7 @@ def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path
         loss = real_objective(*arguments)
         return loss * float("nan") if len(calls) > 5 else loss  # 40 images / batch 8: epoch 2 diverges
 
-    monkeypatch.setitem(model.OBJECTIVES, "mrkd", loss_turning_nan)
+    monkeypatch.setitem(OBJECTIVES, "mrkd", loss_turning_nan)
     assert main.main(demo_args("--epochs=3", "--checkpoint_every=1")) == 1
     out = capsys.readouterr().out
     assert "training stopped in epoch 2: the loss became nan at step 1" in out
@@ -256,15 +268,18 @@ def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp
     for defect in (data / "demo_texture" / "test").iterdir():
         if defect.name != "good":
             shutil.rmtree(defect)  # the demo data is not regenerated: its version marker is there
-    assert main.main(demo_args(f"--data_dir={data}")) == 0
-    assert "demo_texture: skipped, its test set holds no anomalous image to evaluate on." in capsys.readouterr().out
+    assert main.main(demo_args(f"--data_dir={data}")) == 1  # nothing was evaluated
+    captured = capsys.readouterr()
+    assert "demo_texture: skipped, its test set holds no anomalous image to evaluate on." in captured.out
+    assert error_message(captured.err) == "error: no category was evaluated (see the lines above).\n"
     assert read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "no anomalous test image"
+    assert main.main(demo_args(f"--data_dir={data}", "--categories=demo_object")) == 0  # the name is not taken
 
 
 def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     assert main.main(demo_args("--categories=demo_object")) == 0
     run = tmp_path / "results" / "demo"
-    evaluated = load_predictions(run / "predictions" / "demo_object.npz")
+    evaluated = Predictions.load(run / "predictions" / "demo_object.npz")
     test_images = [sample.image for sample in category_files("mvtec", demo_dir, "demo_object").test]
     # New images in nested folders, suffixes in any case, one unreadable file.
     new = tmp_path / "new"
@@ -289,10 +304,10 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     # the float noise of convolutions on batches of another size (1.2e-4 seen on an H100 with
     # cuDNN's TF32 convolutions, 1e-7 on a CPU).
     scores = np.array([float(row["score"]) for row in rows])
-    expected = [evaluated["scores"][test_images.index(demo_dir / "demo_object" / "test" / chosen[path])]
+    expected = [evaluated.scores[test_images.index(demo_dir / "demo_object" / "test" / chosen[path])]
                 for path in sorted(chosen)]
     np.testing.assert_allclose(scores, expected, rtol=1e-3)
-    threshold, low, high = evaluated["threshold"], evaluated["scores"].min(), evaluated["scores"].max()
+    threshold, low, high = evaluated.threshold, evaluated.scores.min(), evaluated.scores.max()
     assert [row["anomalous"] for row in rows] == [str(score >= threshold) for score in scores]
     np.testing.assert_allclose([float(row["normalized_score"]) for row in rows],
                                metrics.normalized_scores(scores, threshold, low, high), rtol=1e-6)
@@ -315,8 +330,8 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
         ([*predict, f"--predict={new}", "--epochs=3"], "leave out --epochs."),
         (["--run_name=nothing", f"--results_dir={tmp_path}/results", f"--predict={new}"], "No trained run 'nothing'"),
         (["--run_name=broken", f"--results_dir={tmp_path}/results", f"--predict={new}"],
-         "Cannot rebuild the configuration of run 'broken'"),
-        ([*predict, "--categories=demo_texture", f"--predict={new}"],
+         "config.json lacks the setting DATASET; it was not written by this project's main.py."),
+        ([*predict[:2], "--categories=demo_texture", f"--predict={new}"],
          "Run 'demo' has no checkpoint of category 'demo_texture'"),
         ([*predict, f"--predict={tmp_path / 'empty'}"], f"No images (png, jpg, jpeg, bmp, tif, tiff) under {tmp_path}"),
     ]:

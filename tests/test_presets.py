@@ -8,10 +8,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 import main
-from model import mrkd_objective
+from model.engine import Execution, Step, Trainer, train_epoch
 from model.generator import MaskDraws
-from model.engine import Execution, train_epoch
-from tests.helpers import model_for, read_rows
+from model.methods import mrkd_objective
+from tests.helpers import model_for, read_rows, settings_of
 from utils.presets import PRESETS, slug
 
 
@@ -22,7 +22,7 @@ def assert_png_with_content(path):
 
 def rows_of(name):
     """Each row's settings, resolved as `--experiment=name` resolves them."""
-    return [main.resolve({}, {**row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)})
+    return [settings_of({}, {**row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)})
             for row in PRESETS[name].rows]
 
 
@@ -32,7 +32,7 @@ def test_every_preset_row_is_a_valid_configuration_of_its_own(name):
     assert len(set(labels)) == len(labels)
     for row, settings in zip(PRESETS[name].rows, rows_of(name)):
         for constant, value in row.constants.items():
-            assert settings.constants[constant] == value
+            assert settings.record()[constant] == value
 
 
 def test_rows_differing_only_in_evaluation_share_one_training():
@@ -40,34 +40,23 @@ def test_rows_differing_only_in_evaluation_share_one_training():
     assert len({settings.scoring for settings in rows_of("table7")}) == 6
     assert len({settings.training for settings in rows_of("table5")}) == 4
     # IMAGE_SCORE is an evaluation constant too: varying it alone would share the training.
-    refined = main.resolve({"IMAGE_SCORE": "refined"})
-    assert refined.training == main.resolve({}).training and refined.scoring != main.resolve({}).scoring
-
-
-class Recorder(torch.nn.Module):
-    """Wraps a model and records whether the student got separate (augmented) inputs."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.augmented = model, []
-
-    def forward(self, images, augmented=None, draws=None):
-        self.augmented.append(augmented)
-        return self.model(images, augmented, draws)
+    refined = settings_of({"IMAGE_SCORE": "refined"})
+    assert refined.training == settings_of().training and refined.scoring != settings_of().scoring
 
 
 @pytest.mark.parametrize("ilm", [True, False])
 def test_ilm_switch_decides_what_the_student_sees(ilm):
     torch.manual_seed(0)
     model = model_for("resnet18")
-    recorder = Recorder(model)
+    seen, encode = [], model.encode  # what the teacher is given besides the clean images
+    model.encode = lambda images, augmented=None: (seen.append(augmented), encode(images, augmented))[1]
     clean, augmented = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     batches = TensorDataset(clean, augmented) if ilm else TensorDataset(clean)  # TrainImages without ILM: (clean,)
-    optimizer = torch.optim.Adam(model.trainable_parameters())
-    train_epoch(recorder, DataLoader(batches, batch_size=2), optimizer, torch.device("cpu"), mrkd_objective,
-                MaskDraws(torch.Generator()), Execution())
-    assert len(recorder.augmented) == 2
-    assert all((seen is not None) == ilm for seen in recorder.augmented)
+    step = Step(model, torch.optim.Adam(model.trainable_parameters()), mrkd_objective, Execution())
+    train_epoch(Trainer(model, step, Execution(), torch.device("cpu")), DataLoader(batches, batch_size=2),
+                MaskDraws(torch.Generator()))
+    assert len(seen) == 2
+    assert all((inputs is not None) == ilm for inputs in seen)
 
 
 def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_args):

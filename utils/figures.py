@@ -1,19 +1,6 @@
 """Figures of Section 4 drawn from a run's saved predictions, so they can be redrawn without retraining.
 
-One category's predictions live in `results/<run>/predictions/<category>.npz` (written
-by main.py; N test images, k examples, S image side, h = w = S / 4):
-- category: 0-d str; scores (N,) float32 image scores; labels (N,) int64, 1 is anomalous;
-  defects (N,) str, "good" for normal images;
-- metrics_names (4,) str and metrics_values (4,) float64: image_auroc, pixel_auroc,
-  aupro, aupro_per_image as fractions;
-- threshold: 0-d float64, the image score at and above which an image is called anomalous
-  (`utils.metrics.f1_threshold` of the test set), used with the min and max of `scores`
-  to score new images (main.py --predict);
-- pixel_fpr, pixel_tpr (P,) float32: the pixel ROC curve from `utils.metrics.roc_curve`;
-- example_index (k,) int64 into the test set; example_images (k, S, S, 3) uint8;
-  example_masks (k, S, S) bool; example_maps (k, S, S) float32 smoothed anomaly maps;
-- feature_input, feature_restored (k, h, w, 3) float32: level-1 input and restored
-  features of the examples projected by `pca_project` fitted on the input features.
+They read one category's evaluation, `utils.predictions.Predictions`.
 
 Figures: Fig. 6 `figure_score_density`, Fig. 7 `figure_examples`, ROC curves
 `figure_roc`, Fig. 9 `figure_features`, Fig. 11 `figure_lambda_sweep`; for a new image
@@ -24,7 +11,6 @@ pyplot: no global state, no backend to select, and each is freed once saved.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.cm import ScalarMappable
@@ -32,46 +18,12 @@ from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 
 from utils.metrics import METRICS, roc_curve
+from utils.predictions import Predictions
 
 
 DPI = 110            # the PNGs' resolution
 PANEL_INCHES = 2.4   # side of one image panel in the grids of Fig. 7 and Fig. 9
 PCA_COMPONENTS = 3   # shown as RGB (Sec. 4.4, Fig. 9)
-
-Predictions = dict[str, Any]
-
-
-def save_predictions(path: Path, category: str, scores: np.ndarray, labels: np.ndarray, defects: list[str],
-                     values: dict[str, float], threshold: float, masks: np.ndarray, maps: np.ndarray,
-                     images: np.ndarray, examples: np.ndarray, feature_input: np.ndarray,
-                     feature_restored: np.ndarray) -> None:
-    """Write one category's predictions in the schema above (the module docstring).
-
-    scores (N,), labels (N,), defects N names, values the four metrics, threshold the
-    decision threshold, masks (N, S, S), maps (N, S, S), images (N, S, S, 3) uint8;
-    examples (k,) indices of the test images kept whole; feature_input and
-    feature_restored (k, h, w, 3) from pca_project.
-    """
-    pixel_fpr, pixel_tpr = roc_curve(masks.ravel(), maps.ravel())
-    np.savez_compressed(
-        path, category=category, scores=scores, labels=labels, defects=np.array(defects),
-        metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
-        threshold=np.float64(threshold),
-        pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=examples,
-        example_images=images[examples], example_masks=masks[examples], example_maps=maps[examples],
-        feature_input=feature_input, feature_restored=feature_restored,
-    )
-
-
-def load_predictions(path: Path) -> Predictions:
-    """One category's saved predictions (module docstring); 0-d arrays become Python scalars."""
-    predictions = {}
-    with np.load(path, allow_pickle=False) as data:
-        for name in data.files:
-            array = data[name]
-            predictions[name] = array.item() if array.ndim == 0 else array
-    return predictions
-
 
 def pca_project(reference: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """Features on the 3 principal components of the reference's pixels, for Fig. 9.
@@ -110,7 +62,7 @@ def figure_score_density(pred: Predictions, path: Path) -> None:
     Scores are min-max normalised over the test set, as the paper's axis runs from 0 to
     1; a histogram (density) under a Gaussian KDE per class.
     """
-    scores = pred["scores"].astype(np.float64)                            # (N,)
+    scores = pred.scores.astype(np.float64)                            # (N,)
     span = scores.max() - scores.min()
     normalised = (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
     figure = Figure(figsize=(5.6, 3.8), dpi=DPI, layout="constrained")
@@ -118,7 +70,7 @@ def figure_score_density(pred: Predictions, path: Path) -> None:
     grid = np.linspace(0.0, 1.0, 400)
     bins = np.linspace(0.0, 1.0, 26)
     for label, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
-        values = normalised[pred["labels"] == label]
+        values = normalised[pred.labels == label]
         if values.size == 0:
             continue
         axes.hist(values, bins=bins, density=True, color=colour, alpha=0.25)
@@ -131,7 +83,7 @@ def figure_score_density(pred: Predictions, path: Path) -> None:
     axes.set_xlim(-0.02, 1.02)  # a margin keeps a vertical line at 0 or 1 visible
     axes.set_xlabel("anomaly score (min-max normalised over the test set)")
     axes.set_ylabel("density")
-    axes.set_title(f"{pred['category']}: image scores, image AU-ROC {_metrics(pred)['image_auroc']:.1%}")
+    axes.set_title(f"{pred.category}: image scores, image AU-ROC {pred.metrics['image_auroc']:.1%}")
     axes.legend()
     _save(figure, path)
 
@@ -142,7 +94,7 @@ def figure_examples(pred: Predictions, path: Path) -> None:
     All rows share one colour scale (the min and max over every example map), so a
     hotter colour means a higher score in every row.
     """
-    images, masks, maps = pred["example_images"], pred["example_masks"], pred["example_maps"]
+    images, masks, maps = pred.example_images, pred.example_masks, pred.example_maps
     figure, grid = _grid(("input", "ground truth", "anomaly map"), _example_labels(pred))
     low, high = float(maps.min()), float(maps.max())
     for row, image, mask, anomaly_map in zip(grid, images, masks, maps):
@@ -154,7 +106,7 @@ def figure_examples(pred: Predictions, path: Path) -> None:
         heat = row[2].imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=low, vmax=high)
     # The bar shows the colour map itself, not its half-transparent overlay.
     figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=grid[:, 2], label="anomaly score")
-    figure.suptitle(f"{pred['category']}: localisation, pixel AU-ROC {_metrics(pred)['pixel_auroc']:.1%}")
+    figure.suptitle(f"{pred.category}: localisation, pixel AU-ROC {pred.metrics['pixel_auroc']:.1%}")
     _save(figure, path)
 
 
@@ -179,9 +131,9 @@ def figure_overlay(image: np.ndarray, anomaly_map: np.ndarray, scale: tuple[floa
 
 def figure_roc(pred: Predictions, path: Path) -> None:
     """ROC curves of one category: image scores (left) and all pixels of the test set (right)."""
-    metrics = _metrics(pred)
-    panels = (("image ROC", roc_curve(pred["labels"], pred["scores"]), metrics["image_auroc"]),
-              ("pixel ROC", (pred["pixel_fpr"], pred["pixel_tpr"]), metrics["pixel_auroc"]))
+    metrics = pred.metrics
+    panels = (("image ROC", roc_curve(pred.labels, pred.scores), metrics["image_auroc"]),
+              ("pixel ROC", (pred.pixel_fpr, pred.pixel_tpr), metrics["pixel_auroc"]))
     figure = Figure(figsize=(8.4, 4.4), dpi=DPI, layout="constrained")
     for axes, (title, (fpr, tpr), auroc) in zip(figure.subplots(1, 2), panels):
         axes.plot(fpr, tpr, color="tab:red", linewidth=2, label=f"AU-ROC {auroc:.1%}")
@@ -189,7 +141,7 @@ def figure_roc(pred: Predictions, path: Path) -> None:
         axes.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal", title=title,
                  xlabel="false positive rate", ylabel="true positive rate")
         axes.legend(loc="lower right")
-    figure.suptitle(pred["category"])
+    figure.suptitle(pred.category)
     _save(figure, path)
 
 
@@ -204,19 +156,19 @@ def figure_features(with_flm: Predictions, without_flm: Predictions | None, path
     """
     if without_flm is not None:
         _check_same_inputs(with_flm, without_flm)
-    features = [("input feature", with_flm["feature_input"])]           # each (k, h, w, 3)
+    features = [("input feature", with_flm.feature_input)]           # each (k, h, w, 3)
     if without_flm is not None:
-        features.append(("restored, ILM", without_flm["feature_restored"]))
-    features.append(("restored, ILM + FLM", with_flm["feature_restored"]))
+        features.append(("restored, ILM", without_flm.feature_restored))
+    features.append(("restored, ILM + FLM", with_flm.feature_restored))
     figure, grid = _grid(["input"] + [title for title, _ in features], _example_labels(with_flm))
     for k, row in enumerate(grid):
-        low = with_flm["feature_input"][k].min(axis=(0, 1))             # (3,)
-        span = with_flm["feature_input"][k].max(axis=(0, 1)) - low       # (3,)
+        low = with_flm.feature_input[k].min(axis=(0, 1))             # (3,)
+        span = with_flm.feature_input[k].max(axis=(0, 1)) - low       # (3,)
         span = np.where(span > 0, span, 1.0)
-        row[0].imshow(with_flm["example_images"][k])
+        row[0].imshow(with_flm.example_images[k])
         for axes, (_, projected) in zip(row[1:], features):
             axes.imshow(np.clip((projected[k] - low) / span, 0.0, 1.0), interpolation="nearest")
-    figure.suptitle(f"{with_flm['category']}: level-1 features, first 3 principal components as RGB")
+    figure.suptitle(f"{with_flm.category}: level-1 features, first 3 principal components as RGB")
     _save(figure, path)
 
 
@@ -251,7 +203,7 @@ def draw_category(pred_path: Path, out_dir: Path) -> list[Path]:
 
     Writes out_dir/<category>_{scores,examples,roc,features}.png and returns the paths.
     """
-    pred = load_predictions(Path(pred_path))
+    pred = Predictions.load(Path(pred_path))
     figures = {
         "scores": figure_score_density,
         "examples": figure_examples,
@@ -260,7 +212,7 @@ def draw_category(pred_path: Path, out_dir: Path) -> list[Path]:
     }
     paths = []
     for suffix, draw in figures.items():
-        paths.append(Path(out_dir) / f"{pred['category']}_{suffix}.png")
+        paths.append(Path(out_dir) / f"{pred.category}_{suffix}.png")
         draw(pred, paths[-1])
     return paths
 
@@ -279,21 +231,17 @@ def _check_same_inputs(with_flm: Predictions, without_flm: Predictions) -> None:
     a larger difference (another backbone, or a component whose sign flipped) would give
     the two restored columns different colours for the same feature.
     """
-    if (with_flm["category"] != without_flm["category"]
-            or not np.array_equal(with_flm["example_index"], without_flm["example_index"])):
+    if (with_flm.category != without_flm.category
+            or not np.array_equal(with_flm.example_index, without_flm.example_index)):
         raise ValueError(
             f"figure_features compares the same test images of both runs, but the runs hold "
-            f"{with_flm['category']} images {with_flm['example_index'].tolist()} (with FLM) and "
-            f"{without_flm['category']} images {without_flm['example_index'].tolist()} (without FLM).")
-    reference = with_flm["feature_input"]
+            f"{with_flm.category} images {with_flm.example_index.tolist()} (with FLM) and "
+            f"{without_flm.category} images {without_flm.example_index.tolist()} (without FLM).")
+    reference = with_flm.feature_input
     tolerance = 0.05 * float(reference.std())  # well above float16 noise, well below a change of basis
-    if not np.allclose(reference, without_flm["feature_input"], rtol=0.0, atol=tolerance):
+    if not np.allclose(reference, without_flm.feature_input, rtol=0.0, atol=tolerance):
         raise ValueError("figure_features needs both runs' input features projected on one PCA basis, but "
                          "their feature_input differ (another backbone or image size?).")
-
-
-def _metrics(pred: Predictions) -> dict[str, float]:
-    return dict(zip(pred["metrics_names"].tolist(), pred["metrics_values"].tolist()))
 
 
 def _pixels(features: np.ndarray) -> np.ndarray:
@@ -303,7 +251,7 @@ def _pixels(features: np.ndarray) -> np.ndarray:
 
 def _example_labels(pred: Predictions) -> list[str]:
     """A row label per example: its defect type and index in the test set."""
-    return [f"{pred['defects'][index]}\n(test image {index})" for index in pred["example_index"]]
+    return [f"{pred.defects[index]}\n(test image {index})" for index in pred.example_index]
 
 
 def _grid(titles: list[str] | tuple[str, ...], row_labels: list[str]) -> tuple[Figure, np.ndarray]:

@@ -1,0 +1,231 @@
+"""main.py's constants resolved into four frozen bundles, each field in exactly one, each checking its ranges.
+
+- Training: what shapes the trained weights. Experiment rows with equal Training share one
+  training; a checkpoint is refused by a command asking for other Training (but the fields
+  each declares may differ for that use).
+- Scoring: what shapes the maps and scores of a trained model.
+- Run: where a run reads and writes, and what it runs.
+- Machine: how this machine runs it; never changes a number.
+- Mode: what this command does with the run; never recorded.
+
+config.json holds the record of Training, Scoring, Run and Machine and the FORMAT it was
+written in; a checkpoint holds Training's. utils/config.py says how a run written by an
+earlier version reads back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dataset import CATEGORIES as DATASET_CATEGORIES
+from dataset.images import SYNTHESES
+from dataset.nsa import MODES as NSA_MODES
+from model.methods import BOTTLENECKS, IMAGE_SCORES, OBJECTIVES
+from model.teacher import check_backbone
+from utils.config import FORMAT, Bundle, check, setting
+from utils.errors import InputError
+from utils.presets import PRESETS
+from utils.runs import RunFolders, check_run_name
+
+
+@dataclass(frozen=True)
+class Training(Bundle):
+    """What shapes the trained weights (Sec. 4.1, Tables 5, 6, 8 and the RD family's switches)."""
+
+    dataset: str
+    image_size: int
+    loss: str = setting(since="mrkd")
+    backbone: str
+    weights: str | None
+    ilm: bool
+    flm: bool
+    flm_ratio: float
+    alpha: float
+    synthesis: str = setting(since="nsa")
+    nsa_mode: str = setting(since="swap")
+    bottleneck: str = setting(since="ocbe")
+    epochs: int = setting(may_differ=("resume", "evaluate"))
+    batch_size: int = setting(may_differ=("predict",))
+    learning_rate: float
+    betas: tuple[float, ...]
+    weight_decay: float = setting(since=0.0)
+    seed: int
+    fast: bool = setting(may_differ=("evaluate", "predict"))
+
+    def __post_init__(self) -> None:
+        check([
+            (self.dataset in DATASET_CATEGORIES, f"DATASET must be one of {', '.join(DATASET_CATEGORIES)}"),
+            (self.image_size >= 32 and self.image_size % 32 == 0, "IMAGE_SIZE must be a multiple of 32"),
+            (self.loss in OBJECTIVES, f"LOSS must be one of {', '.join(OBJECTIVES)}"),
+            (self.loss != "drd" or self.ilm, "LOSS=drd trains on pseudo-abnormal images: it needs ILM=True"),
+            (0 <= self.flm_ratio < 1, "FLM_RATIO (lambda) must lie in [0, 1)"),
+            (0 <= self.alpha <= 1, "ALPHA must lie in [0, 1]"),
+            (self.synthesis in SYNTHESES, f"SYNTHESIS must be one of {', '.join(SYNTHESES)}"),
+            (self.nsa_mode in NSA_MODES, f"NSA_MODE must be one of {', '.join(NSA_MODES)}"),
+            (self.bottleneck in BOTTLENECKS, f"BOTTLENECK must be one of {', '.join(BOTTLENECKS)}"),
+            (self.epochs >= 1, "EPOCHS must be at least 1"),
+            (self.batch_size >= 1, "BATCH_SIZE must be at least 1"),
+            (self.learning_rate > 0 and self.weight_decay >= 0,
+             "LEARNING_RATE must be positive and WEIGHT_DECAY at least 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "BETAS must be two numbers in [0, 1)"),
+            (0 <= self.seed < 2**32, "SEED must be an integer in [0, 2^32)"),
+        ])
+        check_backbone(self.backbone)
+
+
+@dataclass(frozen=True)
+class Scoring(Bundle):
+    """How maps and image scores are computed at test time (Sec. 3.4, Eq. (5)-(6))."""
+
+    score_levels: tuple[int, ...]  # Eq. (5); Table 7
+    sigma: float                   # Gaussian smoothing
+    eval_masks: int = setting(since=1)           # K FLM masks averaged
+    image_score: str = setting(since="max")      # a key of IMAGE_SCORES
+
+    def __post_init__(self) -> None:
+        check([
+            (len(self.score_levels) > 0 and set(self.score_levels) <= {1, 2, 3},
+             "SCORE_LEVELS must be a non-empty subset of 1,2,3"),
+            (self.sigma >= 0, "SIGMA must be at least 0"),
+            (self.eval_masks >= 1, "EVAL_MASKS must be at least 1"),
+            (self.image_score in IMAGE_SCORES, f"IMAGE_SCORE must be one of {', '.join(IMAGE_SCORES)}"),
+        ])
+
+
+@dataclass(frozen=True)
+class Run(Bundle):
+    """Where a run reads and writes, and what it runs."""
+
+    run_name: str
+    method: str
+    experiment: str
+    demo: bool
+    data_dir: str
+    categories: tuple[str, ...]
+    results_dir: str
+    checkpoint_dir: str
+    checkpoint_every: int
+    eval_every: int
+    figures: bool
+
+    def __post_init__(self) -> None:
+        check([
+            (self.experiment in ("", *PRESETS), f"EXPERIMENT must be one of {', '.join(PRESETS)}"),
+            (self.checkpoint_every >= 1, "CHECKPOINT_EVERY must be at least 1"),
+            (self.eval_every >= 0, "EVAL_EVERY must be at least 0"),
+        ])
+        check_run_name(self.run_name)
+
+    def folders(self) -> RunFolders:
+        return RunFolders.of(self.results_dir, self.checkpoint_dir, self.run_name)
+
+
+@dataclass(frozen=True)
+class Machine(Bundle):
+    """How this machine runs the work; no number depends on it."""
+
+    device: str
+    workers: int
+    compile: bool
+
+    def __post_init__(self) -> None:
+        check([(self.workers >= 0, "WORKERS must be at least 0")])
+
+
+@dataclass(frozen=True)
+class Mode(Bundle):
+    """What this command does with the run: train a new run (no mode set), or one of the others."""
+
+    resume: bool
+    eval_only: bool
+    predict: str
+    overwrite: bool
+    partial: bool
+
+    def __post_init__(self) -> None:
+        chosen = [f"--{name}" for name in ("resume", "eval_only", "predict") if getattr(self, name)]
+        check([
+            (len(chosen) <= 1, f"{' and '.join(chosen)} exclude each other; give one"),
+            (not (self.overwrite and chosen), f"--overwrite replaces a run by a new training; it does not go "
+                                              f"with {chosen[0] if chosen else ''}"),
+            (not self.partial or self.eval_only or self.predict,
+             "--partial=True applies to --eval_only or --predict"),
+        ])
+
+    @property
+    def use(self) -> str | None:
+        """What the command does with existing checkpoints (utils/config.py: USES), None for a new training."""
+        return "resume" if self.resume else "evaluate" if self.eval_only else "predict" if self.predict else None
+
+
+BUNDLES = (Training, Scoring, Run, Machine, Mode)
+RECORDED = (Training, Scoring, Run, Machine)  # Mode is the command, not the run
+
+
+@dataclass(frozen=True)
+class Settings:
+    training: Training
+    scoring: Scoring
+    run: Run
+    machine: Machine
+    mode: Mode
+
+    @classmethod
+    def from_constants(cls, constants: dict[str, Any]) -> Settings:
+        return cls(*(bundle.from_constants(constants) for bundle in BUNDLES))
+
+    def record(self) -> dict[str, Any]:
+        """config.json: the recorded bundles and the format they were written in."""
+        return {"FORMAT": FORMAT, **{k: v for part in (self.training, self.scoring, self.run, self.machine)
+                                     for k, v in part.record().items()}}
+
+    def row(self, label: str, eval_only: bool) -> Settings:
+        """This experiment row as a run of its own, results/<run>/<label>/ (eval_only: reusing a training)."""
+        run = replace(self.run, run_name=label, experiment="")
+        mode = replace(self.mode, eval_only=eval_only or self.mode.eval_only, resume=self.mode.resume and not eval_only)
+        return replace(self, run=run, mode=mode)
+
+
+def resolve(constants: dict[str, Any], demo: dict[str, Any], methods: dict[str, dict[str, Any]],
+            overrides: dict[str, Any], row: dict[str, Any] | None = None) -> Settings:
+    """main.py's constants, then `demo` (with --demo), the METHOD's, the command line's overrides, and
+    last an experiment row's (so a row is what its table says)."""
+    row = row or {}
+    method = {**constants, **overrides, **row}["METHOD"]
+    check([(method in methods, f"METHOD must be one of {', '.join(methods)}")])
+    demo = demo if {**constants, **overrides}["DEMO"] else {}
+    resolved = {**constants, **demo, **methods[method], **overrides, **row}
+    if resolved["EXPERIMENT"] and "RUN_NAME" not in overrides:
+        resolved["RUN_NAME"] = resolved["EXPERIMENT"]  # results/<preset>/ unless named
+    return Settings.from_constants(resolved)
+
+
+# What --predict takes from the command line; every other setting is the run's own.
+PREDICT_OPTIONS = ({f.name.upper() for bundle in (Machine, Mode) for f in fields(bundle)}
+                   | {"RUN_NAME", "RESULTS_DIR", "CHECKPOINT_DIR", "CATEGORIES"}
+                   | {f.name.upper() for f in fields(Training) if "predict" in f.metadata.get("may_differ", ())})
+
+
+def recorded(constants: dict[str, Any], overrides: dict[str, Any]) -> Settings:
+    """The settings of a trained run, for --predict: its config.json, read as the format it was
+    written in, then the command line's PREDICT_OPTIONS (any other option is refused)."""
+    refused = [f"--{name.lower()}" for name in overrides if name not in PREDICT_OPTIONS]
+    if refused:
+        raise InputError(f"--predict scores with the settings the run was trained and evaluated with; leave out "
+                         f"{', '.join(refused)}.")
+    where = {**constants, **overrides}
+    folders = RunFolders.of(where["RESULTS_DIR"], where["CHECKPOINT_DIR"], where["RUN_NAME"])
+    saved = folders.config()
+    if saved is None:
+        raise InputError(f"No trained run {where['RUN_NAME']!r}: {folders.results / 'config.json'} does not exist; "
+                         f"train it first, or give the --run_name and --results_dir it was trained with.")
+    path = folders.results / "config.json"
+    if saved.get("FORMAT", 1) > FORMAT:
+        raise InputError(f"{path} was written by a newer version of this project (format {saved['FORMAT']}); "
+                         f"update the code to score with it.")
+    # The run's own bundles, each as recorded, then the command line's choices of this machine and command.
+    own = {k: v for part in RECORDED for k, v in part.from_record(saved, str(path)).record().items()}
+    return Settings.from_constants({**constants, **own, "CATEGORIES": (), **overrides})
+
+
