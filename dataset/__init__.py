@@ -1,11 +1,12 @@
 """Data: file discovery (folders), torch datasets (images), synthetic demo data
 (demo) and natural synthetic anomalies for image-level masking (nsa)."""
 
-from dataset.demo import make_demo_dataset, make_demo_visa
+from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 from dataset.folders import (
     CATEGORIES,
     DATASET_URLS,
     MTD_SPLIT_SEED,
+    MVTEC_AD_2_CATEGORIES,
     MVTEC_CATEGORIES,
     VISA_CATEGORIES,
     CategoryFiles,
@@ -33,6 +34,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MTD_SPLIT_SEED",
+    "MVTEC_AD_2_CATEGORIES",
     "MVTEC_CATEGORIES",
     "VISA_CATEGORIES",
     "CategoryFiles",
@@ -47,6 +49,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "make_demo_dataset",
+    "make_demo_mvtec_ad_2",
     "make_demo_visa",
     "seed_worker",
     "to_tensor",
