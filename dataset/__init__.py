@@ -5,6 +5,7 @@ from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 from dataset.folders import (
     CATEGORIES,
     DATASET_URLS,
+    HOLD_OUT_FRACTION,
     MTD_SPLIT_SEED,
     MVTEC_AD_2_CATEGORIES,
     MVTEC_CATEGORIES,
@@ -12,8 +13,10 @@ from dataset.folders import (
     CategoryFiles,
     TestSample,
     category_files,
+    hold_out,
     images_under,
     list_categories,
+    with_validation,
 )
 from dataset.images import (
     IMAGENET_MEAN,
@@ -31,6 +34,7 @@ from dataset.images import (
 __all__ = [
     "CATEGORIES",
     "DATASET_URLS",
+    "HOLD_OUT_FRACTION",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MTD_SPLIT_SEED",
@@ -44,6 +48,7 @@ __all__ = [
     "TestSample",
     "TrainImages",
     "category_files",
+    "hold_out",
     "images_under",
     "list_categories",
     "load_image",
@@ -53,4 +58,5 @@ __all__ = [
     "make_demo_visa",
     "seed_worker",
     "to_tensor",
+    "with_validation",
 ]

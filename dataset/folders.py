@@ -7,7 +7,7 @@ on, so that a run never starts on a silently empty or half-labelled set.
 """
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,13 @@ MTD_SPLIT_SEED = 111
 MTD_TRAIN_FRACTION = 0.8
 MTD_NORMAL_FOLDER = "MT_Free"
 
+# Where a dataset ships no validation split, this share of the training images, drawn once with
+# HOLD_OUT_SEED (fixed, like MTD's split, so that it never depends on the run's seed), is held out of
+# training to choose a decision threshold on normal images no test label has seen. A tenth leaves
+# training almost whole and still gives 6 (MVTec AD toothbrush) to 40 normal images to set it.
+HOLD_OUT_FRACTION = 0.1
+HOLD_OUT_SEED = 111
+
 # MVTec AD 2's test sets without ground truth, scored only for a submission to the benchmark's server.
 MVTEC_AD_2_PRIVATE = ("test_private", "test_private_mixed")
 
@@ -101,7 +108,7 @@ class CategoryFiles:
     train: list[Path]
     test: list[TestSample]
     # Normal images that neither training nor testing uses, to choose a threshold without the test
-    # set (MVTec AD 2's validation split); empty when none.
+    # set (MVTec AD 2's validation split, or with_validation's held-out share); empty when none.
     validation: list[Path] = field(default_factory=list)
     # Images without ground truth by split name (MVTec AD 2's MVTEC_AD_2_PRIVATE), sorted; empty elsewhere.
     private: dict[str, list[Path]] = field(default_factory=dict)
@@ -352,6 +359,31 @@ def _mvtec_ad_2_files(folder: Path) -> CategoryFiles:
     return CategoryFiles(found["train"], bad + [TestSample(image, None, 0, "good") for image in found["good"]],
                          validation=found["validation"],
                          private={split: found[split] for split in MVTEC_AD_2_PRIVATE})
+
+
+def hold_out(files: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Split `files` into (kept, held out), each sorted: round(fraction * len(files)) of them, drawn
+    by a permutation from `seed`, are held out. The split depends only on the set of files, the
+    fraction and the seed, not on the order the files come in. fraction: in [0, 1)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must lie in [0, 1), got {fraction}.")
+    files = sorted(files)
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_kept = len(files) - round(fraction * len(files))
+    return sorted(files[i] for i in order[:n_kept]), sorted(files[i] for i in order[n_kept:])
+
+
+def with_validation(files: CategoryFiles, fraction: float = HOLD_OUT_FRACTION,
+                    seed: int = HOLD_OUT_SEED) -> CategoryFiles:
+    """`files` with a validation set: as it is when the dataset ships one (MVTec AD 2), else with
+    hold_out's share of the training images moved from `train` to `validation`."""
+    if files.validation:
+        return files
+    train, validation = hold_out(files.train, fraction, seed)
+    if not validation or not train:
+        raise InputError(f"{len(files.train)} training images are too few to hold {fraction:.0%} of them out"
+                         " for a threshold on normal images; add training images.")
+    return replace(files, train=train, validation=validation)
 
 
 def listed_error(summary: str, problems: list[str]) -> InputError:
