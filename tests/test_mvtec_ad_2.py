@@ -1,5 +1,5 @@
-"""MVTec AD 2: the released layout read (on the demo and on damaged copies of it), and the demo in
-that layout."""
+"""MVTec AD 2: the released layout read (on the demo and on damaged copies of it), the demo in
+that layout, and the benchmark's own metrics against direct computations."""
 
 import shutil
 from pathlib import Path
@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import f1_score
 
 from dataset import demo, folders
 from dataset.check import check_files
 from dataset.folders import category_files
 from dataset.images import load_mask
+from tests.test_metrics import random_set, slow_aupro
 from utils.errors import InputError
+from utils.metrics import MVTEC_AD_2_FPR_LIMIT, MVTEC_AD_2_METRICS, mvtec_ad_2_metrics
 
 URL = folders.DATASET_URLS["mvtec_ad_2"]
 
@@ -110,3 +113,27 @@ def test_a_missing_dataset_names_the_layout_and_download_page(tmp_path):
         category_files("mvtec_ad_2", tmp_path / "nowhere", "can")
     with pytest.raises(InputError, match="Category 'can' not found"):
         category_files("mvtec_ad_2", tmp_path, "can")
+
+
+# ---- the benchmark's metrics -------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_mvtec_ad_2_metrics_match_direct_computations(seed):
+    masks, maps = random_set(seed)
+    threshold = float(np.median(maps))
+    values = mvtec_ad_2_metrics(masks, maps, threshold)
+    assert tuple(values) == MVTEC_AD_2_METRICS
+    assert MVTEC_AD_2_FPR_LIMIT == 0.05
+    assert values["aupro_005"] == pytest.approx(slow_aupro(masks, maps, 0.05), abs=1e-9)
+    # SegF1: one F1 over every pixel of the set, scikit-learn's on the binarized maps.
+    assert values["seg_f1"] == pytest.approx(f1_score(masks.ravel(), maps.ravel() >= threshold), abs=1e-12)
+
+
+def test_seg_f1_hand_case():
+    masks = np.zeros((2, 2, 3), dtype=bool)
+    masks[0, 0, :2] = True                  # 2 anomalous pixels, both in image 0
+    maps = np.zeros((2, 2, 3))
+    maps[0, 0, 0] = maps[1, 1, 1] = 1.0     # one hit, one false alarm in the good image; one miss
+    # TP 1, FP 1, FN 1: F1 = 2 / (2 + 1 + 1).
+    assert mvtec_ad_2_metrics(masks, maps, 0.5)["seg_f1"] == 0.5
+    assert mvtec_ad_2_metrics(masks, maps, 2.0)["seg_f1"] == 0.0

@@ -17,6 +17,7 @@ masks (N, H, W) of bool or {0, 1}, anomaly maps (N, H, W) of floats.
 - `decision_thresholds`: every rule of THRESHOLD_RULES, two of which never see a test label
   (`normal_threshold`, `mean_std_threshold` on normal images that neither training nor testing
   uses), and `f1_at`, the F1, precision and recall any threshold gives on the test set.
+- `mvtec_ad_2_metrics`: MVTec AD 2's own ranking metrics, AU-PRO up to an FPR of 0.05 and SegF1.
 """
 from __future__ import annotations
 
@@ -169,6 +170,23 @@ def threshold_row(labels: np.ndarray, scores: np.ndarray, thresholds: dict[str, 
         row[f"threshold_{rule}"] = threshold
         row.update({f"{name}_{rule}": value for name, value in f1_at(labels, scores, threshold).items()})
     return row
+
+
+# MVTec AD 2 (Heckler-Kram et al., 2025) ranks methods on segmentation: AU-PRO integrated up to an
+# FPR of 0.05 (not MVTec AD's 0.3), and SegF1, the F1 of the pixels of binarized anomaly maps.
+MVTEC_AD_2_METRICS = ("aupro_005", "seg_f1")
+MVTEC_AD_2_FPR_LIMIT = 0.05
+
+
+def mvtec_ad_2_metrics(masks: np.ndarray, maps: np.ndarray, threshold: float) -> dict[str, float]:
+    """MVTEC_AD_2_METRICS of a test set with ground truth (test_public), as fractions.
+
+    masks (N, H, W), nonzero is anomalous; maps (N, H, W); threshold: a pixel with score >=
+    threshold is anomalous in the binarized map. SegF1 counts the pixels of the whole set at once
+    (one confusion matrix, not a mean over images).
+    """
+    masks, maps = _check_masks_maps(masks, maps)
+    return {"aupro_005": aupro(masks, maps, MVTEC_AD_2_FPR_LIMIT), "seg_f1": f1_at(masks, maps, threshold)["f1"]}
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
