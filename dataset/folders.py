@@ -306,17 +306,13 @@ def _mtd_files(root: Path) -> CategoryFiles:
     normal_folder = root / MTD_NORMAL_FOLDER / "Imgs"
     # Only the .jpg files are images; MT_* folders also hold the .png masks.
     normals = _images_in(normal_folder, suffixes=(".jpg",))
-    order = np.random.default_rng(MTD_SPLIT_SEED).permutation(len(normals))
-    n_train = round(MTD_TRAIN_FRACTION * len(normals))
-    train = sorted(normals[i] for i in order[:n_train])
+    train, held_out = hold_out(normals, 1 - MTD_TRAIN_FRACTION, MTD_SPLIT_SEED)
     if not train:
         raise InputError(
             f"No training images in {normal_folder}; expected the defect-free MTD images"
             " as *.jpg there."
         )
-    test = [
-        TestSample(normals[i], None, 0, MTD_NORMAL_FOLDER) for i in sorted(order[n_train:])
-    ]
+    test = [TestSample(image, None, 0, MTD_NORMAL_FOLDER) for image in held_out]
     missing: list[str] = []
     for defect_folder in _subfolders(root):
         if not defect_folder.name.startswith("MT_") or defect_folder.name == MTD_NORMAL_FOLDER:

@@ -9,6 +9,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score
 
 from dataset import folders
 from dataset.folders import CategoryFiles, TestSample, category_files, hold_out, with_validation
+from tests.test_datasets import _mtd
 from utils.errors import InputError
 from utils.metrics import (NORMAL_STDS, THRESHOLD_RULES, decision_thresholds, f1_at, f1_threshold,
                            mean_std_threshold, normal_threshold, threshold_row)
@@ -35,13 +36,19 @@ def test_hold_out_draws_as_the_mtd_split_does():
     assert kept == sorted(FILES[i] for i in order[:30]) and held == sorted(FILES[i] for i in order[30:])
 
 
-def test_mtd_split_is_hold_out_of_its_normal_images(tmp_path):
-    from tests.test_datasets import _mtd
+def test_mtd_split_is_the_draw_it_always_was(tmp_path):
+    # MTD's split, now hold_out's: the first round(0.8 n) of a seeded permutation of the sorted
+    # normal images train, the rest test, as before hold_out existed.
     _mtd(tmp_path, n_free=25)
     files = category_files("mtd", tmp_path, "mtd")
     normals = sorted((tmp_path / "MT_Free" / "Imgs").glob("*.jpg"))
-    kept, held = hold_out(normals, 1 - folders.MTD_TRAIN_FRACTION, folders.MTD_SPLIT_SEED)
-    assert files.train == kept and [s.image for s in files.test if s.label == 0] == held
+    order = np.random.default_rng(folders.MTD_SPLIT_SEED).permutation(len(normals))
+    n_train = round(folders.MTD_TRAIN_FRACTION * len(normals))
+    assert files.train == sorted(normals[i] for i in order[:n_train])
+    assert [s.image for s in files.test if s.label == 0] == sorted(normals[i] for i in order[n_train:])
+    # Holding out round((1 - 0.8) n) keeps round(0.8 n), whatever the number of images.
+    assert all(n - round((1 - folders.MTD_TRAIN_FRACTION) * n) == round(folders.MTD_TRAIN_FRACTION * n)
+               for n in range(10_000))
 
 
 def test_with_validation_holds_out_only_where_the_dataset_has_no_validation_set():
