@@ -34,7 +34,8 @@ def test_reads_every_split_of_the_release(mvtec_ad_2_dir, category):
     assert files.validation == [folder / "validation" / "good" / f"{i:03d}_regular.png" for i in range(4)]
     # test = test_public: anomalous ("bad") first, each with its mask, then the normal images.
     assert [(s.defect, s.image.name, s.label) for s in files.test] == (
-        [("bad", f"{i:03d}_regular.png", 1) for i in range(4)] + [("good", f"{i:03d}_regular.png", 0) for i in range(4)])
+        [("bad", f"{i:03d}_regular.png", 1) for i in range(4)]
+        + [("good", f"{i:03d}_regular.png", 0) for i in range(4)])
     for sample in files.test[:4]:
         assert sample.mask == folder / "test_public" / "ground_truth" / "bad" / f"{sample.image.stem}_mask.png"
         assert sample.image.parent == folder / "test_public" / "bad"
