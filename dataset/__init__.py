@@ -1,18 +1,22 @@
 """Data: file discovery (folders), torch datasets (images), synthetic demo data
 (demo) and natural synthetic anomalies for image-level masking (nsa)."""
 
-from dataset.demo import make_demo_dataset, make_demo_visa
+from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 from dataset.folders import (
     CATEGORIES,
     DATASET_URLS,
+    HOLD_OUT_FRACTION,
     MTD_SPLIT_SEED,
+    MVTEC_AD_2_CATEGORIES,
     MVTEC_CATEGORIES,
     VISA_CATEGORIES,
     CategoryFiles,
     TestSample,
     category_files,
+    hold_out,
     images_under,
     list_categories,
+    with_validation,
 )
 from dataset.images import (
     IMAGENET_MEAN,
@@ -30,9 +34,11 @@ from dataset.images import (
 __all__ = [
     "CATEGORIES",
     "DATASET_URLS",
+    "HOLD_OUT_FRACTION",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MTD_SPLIT_SEED",
+    "MVTEC_AD_2_CATEGORIES",
     "MVTEC_CATEGORIES",
     "VISA_CATEGORIES",
     "CategoryFiles",
@@ -42,12 +48,15 @@ __all__ = [
     "TestSample",
     "TrainImages",
     "category_files",
+    "hold_out",
     "images_under",
     "list_categories",
     "load_image",
     "load_mask",
     "make_demo_dataset",
+    "make_demo_mvtec_ad_2",
     "make_demo_visa",
     "seed_worker",
     "to_tensor",
+    "with_validation",
 ]

@@ -26,9 +26,12 @@ def check_files(files: dict[str, CategoryFiles], workers: int | None = None) -> 
     """
     images, masks, numbered = [], [], []
     for category in files.values():
-        images += category.train + [sample.image for sample in category.test]
-        masks += [None] * len(category.train) + [sample.mask for sample in category.test]
-        numbered += [False] * len(category.train) + [sample.numbered_mask for sample in category.test]
+        # Images without masks: training, validation and private test images.
+        unmasked = category.train + category.validation + [image for split in category.private.values()
+                                                             for image in split]
+        images += unmasked + [sample.image for sample in category.test]
+        masks += [None] * len(unmasked) + [sample.mask for sample in category.test]
+        numbered += [False] * len(unmasked) + [sample.numbered_mask for sample in category.test]
     with ThreadPoolExecutor(workers) as pool:
         found = list(tqdm(pool.map(_problems, images, masks, numbered), total=len(images),
                           desc="checking files", leave=False))

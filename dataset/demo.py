@@ -10,6 +10,8 @@ Everything is drawn from the seed, so two generations are byte-identical.
 
 `make_demo_visa` writes the same images in VisA's released layout (JPG images, PNG
 masks numbering each defect region, split_csv/1cls.csv), to test that loader too.
+`make_demo_mvtec_ad_2` writes a handful of such images, cropped to a non-square frame, in
+MVTec AD 2's released layout, private test sets included.
 """
 
 import csv
@@ -31,6 +33,16 @@ SIZE = 128  # side of every image, in pixels
 N_TRAIN = 40
 N_TEST_GOOD = 10
 N_PER_DEFECT = 4  # 16 defective test images per category
+
+# MVTec AD 2's demo: a handful of images per split, so that a run trains, evaluates and writes a
+# submission in seconds. Its images keep rows 16-111 of the drawing, 128x96 pixels: MVTec AD 2's
+# images are not square (e.g. can 2232x1024), and maps written back at an image's own size are
+# then tested at a size other than the square the network sees. Every defect keeps pixels in
+# that band, since _point_in draws its centre at least 16 px from the border.
+AD2_ROWS = slice(16, 112)
+# Images per folder; test_public/bad holds one image per defect kind.
+AD2_COUNTS = {"train/good": 10, "validation/good": 4, "test_public/good": 4, "test_public/bad": len(DEFECTS),
+              "test_private": 4, "test_private_mixed": 4}
 
 OBJECT_BACKGROUND = (32, 32, 36)  # the plain background around the nut
 HOLE_COLOUR = (20, 20, 24)  # what a hole in the fabric shows
@@ -99,6 +111,43 @@ def make_demo_visa(root: Path, seed: int = 0) -> tuple[str, ...]:
     csv.writer(table, lineterminator="\n").writerows(rows)
     (root / "split_csv").mkdir(parents=True, exist_ok=True)
     (root / "split_csv" / "1cls.csv").write_text(table.getvalue())
+    (root / MARKER).write_text(stamp)  # last, so that an interrupted generation is redone
+    return CATEGORIES
+
+
+def make_demo_mvtec_ad_2(root: Path, seed: int = 0) -> tuple[str, ...]:
+    """Write the demo dataset under `root` in MVTec AD 2's released layout unless it is already there.
+
+    Per category, AD2_COUNTS images in each of <category>/train/good/, validation/good/,
+    test_public/good/ and test_public/bad/ (one image per defect kind) with the masks
+    test_public/ground_truth/bad/NNN_regular_mask.png (0 and 255), and the private sets
+    test_private/NNN_regular.png and test_private_mixed/NNN_mixed.png, every other image of them
+    defective, without masks, as released. Images are 128x96 (AD2_ROWS of the drawing), named as
+    MVTec AD 2 names its own. Returns the category names; a second call with the same seed
+    rewrites nothing.
+    """
+    root = Path(root)
+    stamp = f"{DEMO_VERSION} mvtec_ad_2 seed={seed}\n"
+    if _is_written(root, stamp):
+        return CATEGORIES
+    for category in CATEGORIES:
+        shutil.rmtree(root / category, ignore_errors=True)
+    for index, category in enumerate(CATEGORIES):
+        for number, (split, count) in enumerate(AD2_COUNTS.items()):
+            for i in range(count):
+                if split == "test_public/bad":
+                    defect = DEFECTS[i]
+                elif split.startswith("test_private") and i % 2 == 1:
+                    defect = DEFECTS[i // 2 % len(DEFECTS)]
+                else:
+                    defect = None
+                # Each split draws from its own seeds: (seed, category, 10 + split number, image).
+                sample = make_sample(category, defect, np.random.default_rng([seed, index, 10 + number, i]))
+                name = f"{i:03d}_{'mixed' if split == 'test_private_mixed' else 'regular'}"
+                _save(sample.image[AD2_ROWS], root / category / split / f"{name}.png")
+                if split == "test_public/bad":
+                    _save(sample.mask[AD2_ROWS].astype(np.uint8) * 255,
+                          root / category / "test_public" / "ground_truth" / "bad" / f"{name}_mask.png")
     (root / MARKER).write_text(stamp)  # last, so that an interrupted generation is redone
     return CATEGORIES
 

@@ -1,5 +1,5 @@
-"""Find the training and test files of one category of MVTec AD, BTAD, MTD or VisA, and
-the images under a path to score with a trained run.
+"""Find the training and test files of one category of MVTec AD, BTAD, MTD, VisA or MVTec AD 2,
+and the images under a path to score with a trained run.
 
 Only paths are gathered here; `dataset/images.py` decodes them. Every problem
 with the folders is reported as an InputError with one sentence a user can act
@@ -7,7 +7,7 @@ on, so that a run never starts on a silently empty or half-labelled set.
 """
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,10 @@ VISA_CATEGORIES = (
     "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
     "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
 )
+# MVTec AD 2 (Heckler-Kram et al., 2025), its 8 scenarios as its release and MVTec's own loader name them.
+MVTEC_AD_2_CATEGORIES = (
+    "can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts",
+)
 # The categories each dataset is evaluated on by default; the MVTec layout
 # accepts any other category name too (custom data).
 CATEGORIES = {
@@ -31,12 +35,14 @@ CATEGORIES = {
     "btad": ("01", "02", "03"),
     "mtd": ("mtd",),
     "visa": VISA_CATEGORIES,
+    "mvtec_ad_2": MVTEC_AD_2_CATEGORIES,
 }
 DATASET_URLS = {
     "mvtec": "https://www.mvtec.com/company/research/datasets/mvtec-ad",
     "btad": "http://avires.dimi.uniud.it/papers/btad/btad.zip",
     "mtd": "https://github.com/abin24/Magnetic-tile-defect-datasets.",
     "visa": "https://github.com/amazon-science/spot-diff",
+    "mvtec_ad_2": "https://www.mvtec.com/research-teaching/datasets/mvtec-ad-2",
 }
 LAYOUTS = {
     "mvtec": "<root>/<category>/train/good/*.png, <root>/<category>/test/<good|defect>/*.png"
@@ -46,6 +52,9 @@ LAYOUTS = {
     "mtd": "<root>/MT_Free/Imgs/*.jpg and <root>/MT_<defect>/Imgs/<name>.jpg with <name>.png masks",
     "visa": "<root>/split_csv/1cls.csv listing object,split,label,image,mask with the image and mask"
     " paths relative to <root>",
+    "mvtec_ad_2": "<root>/<category>/<train|validation>/good/*.png, <root>/<category>/test_public/<good|bad>/*.png"
+    " with <root>/<category>/test_public/ground_truth/bad/<name>_mask.png, and"
+    " <root>/<category>/<test_private|test_private_mixed>/*.png",
 }
 # Suffixes are matched ignoring case (001.PNG, 001_mask.PNG), for images and masks alike.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -64,6 +73,16 @@ VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 MTD_SPLIT_SEED = 111
 MTD_TRAIN_FRACTION = 0.8
 MTD_NORMAL_FOLDER = "MT_Free"
+
+# Where a dataset ships no validation split, this share of the training images, drawn once with
+# HOLD_OUT_SEED (fixed, like MTD's split, so that it never depends on the run's seed), is held out of
+# training to choose a decision threshold on normal images no test label has seen. A tenth leaves
+# training almost whole and still gives 6 (MVTec AD toothbrush) to 40 normal images to set it.
+HOLD_OUT_FRACTION = 0.1
+HOLD_OUT_SEED = 111
+
+# MVTec AD 2's test sets without ground truth, scored only for a submission to the benchmark's server.
+MVTEC_AD_2_PRIVATE = ("test_private", "test_private_mixed")
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,11 @@ class CategoryFiles:
 
     train: list[Path]
     test: list[TestSample]
+    # Normal images that neither training nor testing uses, to choose a threshold without the test
+    # set (MVTec AD 2's validation split, or with_validation's held-out share); empty when none.
+    validation: list[Path] = field(default_factory=list)
+    # Images without ground truth by split name (MVTec AD 2's MVTEC_AD_2_PRIVATE), sorted; empty elsewhere.
+    private: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def has_anomalies(self) -> bool:
@@ -103,7 +127,7 @@ class CategoryFiles:
 def category_files(dataset: str, root: str | Path, category: str) -> CategoryFiles:
     """Gather the files of `category` in `root`, laid out as `dataset` is.
 
-    dataset: "mvtec" (also any custom folder in the MVTec layout), "btad", "mtd" or "visa".
+    dataset: "mvtec" (also any custom folder in the MVTec layout), "btad", "mtd", "visa" or "mvtec_ad_2".
     """
     root = _checked_root(dataset, root)
     found = list_categories(dataset, root)
@@ -117,6 +141,8 @@ def category_files(dataset: str, root: str | Path, category: str) -> CategoryFil
         return _folder_files(root / category, normal="ok", mask_suffix="")
     if dataset == "visa":
         return _visa_files(root, category)
+    if dataset == "mvtec_ad_2":
+        return _mvtec_ad_2_files(root / category)
     return _mtd_files(root)
 
 
@@ -280,17 +306,13 @@ def _mtd_files(root: Path) -> CategoryFiles:
     normal_folder = root / MTD_NORMAL_FOLDER / "Imgs"
     # Only the .jpg files are images; MT_* folders also hold the .png masks.
     normals = _images_in(normal_folder, suffixes=(".jpg",))
-    order = np.random.default_rng(MTD_SPLIT_SEED).permutation(len(normals))
-    n_train = round(MTD_TRAIN_FRACTION * len(normals))
-    train = sorted(normals[i] for i in order[:n_train])
+    train, held_out = hold_out(normals, 1 - MTD_TRAIN_FRACTION, MTD_SPLIT_SEED)
     if not train:
         raise InputError(
             f"No training images in {normal_folder}; expected the defect-free MTD images"
             " as *.jpg there."
         )
-    test = [
-        TestSample(normals[i], None, 0, MTD_NORMAL_FOLDER) for i in sorted(order[n_train:])
-    ]
+    test = [TestSample(image, None, 0, MTD_NORMAL_FOLDER) for image in held_out]
     missing: list[str] = []
     for defect_folder in _subfolders(root):
         if not defect_folder.name.startswith("MT_") or defect_folder.name == MTD_NORMAL_FOLDER:
@@ -307,6 +329,57 @@ def _mtd_files(root: Path) -> CategoryFiles:
             test.append(TestSample(image, mask, 1, defect_folder.name))
     _report_missing_masks(missing)
     return CategoryFiles(train, test)
+
+
+def _mvtec_ad_2_files(folder: Path) -> CategoryFiles:
+    """MVTec AD 2 as released: train/good/ for training, validation/good/ as `validation`,
+    test_public/ (good/, bad/, masks ground_truth/bad/<name>_mask.png) as the test set and
+    test_private/, test_private_mixed/ (no ground truth) as `private`. Every missing or empty
+    folder is reported at once, one sentence each."""
+    where = {"train": folder / "train" / "good", "validation": folder / "validation" / "good",
+             "good": folder / "test_public" / "good", "bad": folder / "test_public" / "bad",
+             **{split: folder / split for split in MVTEC_AD_2_PRIVATE}}
+    found = {name: _images_in(path) for name, path in where.items()}
+    empty = [f"MVTec AD 2 folder {where[name]} {'holds no images' if where[name].is_dir() else 'does not exist'};"
+             f" restore it from the release at {DATASET_URLS['mvtec_ad_2']}." for name, images in found.items()
+             if not images]
+    if empty:
+        raise listed_error(f"{len(empty)} folders of {folder} are missing or empty; restore each:", empty)
+    mask_folder = folder / "test_public" / "ground_truth" / "bad"
+    masks = _files_by_lower_name(mask_folder)
+    missing: list[str] = []
+    bad = [TestSample(image, _mask_for(image, mask_folder / (image.stem + "_mask"), masks, IMAGE_SUFFIXES, missing),
+                      1, "bad") for image in found["bad"]]
+    _report_missing_masks(missing)
+    # Sorted like the other layouts: anomalous ("bad") before normal ("good"), then by path.
+    return CategoryFiles(found["train"], bad + [TestSample(image, None, 0, "good") for image in found["good"]],
+                         validation=found["validation"],
+                         private={split: found[split] for split in MVTEC_AD_2_PRIVATE})
+
+
+def hold_out(files: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Split `files` into (kept, held out), each sorted: round(fraction * len(files)) of them, drawn
+    by a permutation from `seed`, are held out. The split depends only on the set of files, the
+    fraction and the seed, not on the order the files come in. fraction: in [0, 1)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must lie in [0, 1), got {fraction}.")
+    files = sorted(files)
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_kept = len(files) - round(fraction * len(files))
+    return sorted(files[i] for i in order[:n_kept]), sorted(files[i] for i in order[n_kept:])
+
+
+def with_validation(files: CategoryFiles, fraction: float = HOLD_OUT_FRACTION,
+                    seed: int = HOLD_OUT_SEED) -> CategoryFiles:
+    """`files` with a validation set: as it is when the dataset ships one (MVTec AD 2), else with
+    hold_out's share of the training images moved from `train` to `validation`."""
+    if files.validation:
+        return files
+    train, validation = hold_out(files.train, fraction, seed)
+    if not validation or not train:
+        raise InputError(f"{len(files.train)} training images are too few to hold {fraction:.0%} of them out"
+                         " for a threshold on normal images; add training images.")
+    return replace(files, train=train, validation=validation)
 
 
 def listed_error(summary: str, problems: list[str]) -> InputError:

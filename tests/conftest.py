@@ -1,7 +1,7 @@
 """Shared fixtures: the demo data, generated once per session, and main.py arguments for tiny runs."""
 import pytest
 
-from dataset.demo import make_demo_dataset, make_demo_visa
+from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +16,15 @@ def visa_dir(tmp_path_factory):
     """The demo data in VisA's released layout (split_csv/1cls.csv, JPG images, numbered PNG masks)."""
     folder = tmp_path_factory.mktemp("demo_visa")
     make_demo_visa(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mvtec_ad_2_dir(tmp_path_factory):
+    """The demo data in MVTec AD 2's released layout: train, validation, test_public with masks,
+    test_private and test_private_mixed; 128x96 images."""
+    folder = tmp_path_factory.mktemp("demo_mvtec_ad_2")
+    make_demo_mvtec_ad_2(folder)
     return folder
 
 
