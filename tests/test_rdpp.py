@@ -17,7 +17,6 @@ from model.loss import distillation_loss
 from model.projection import MultiProjection
 from model.rdpp import (SINKHORN, batch_permutation, contrast_loss, projection_loss, rdpp_loss, rdpp_objective,
                         reconstruction_loss, ssot_loss)
-from model.teacher import Teacher
 
 
 def count(module):
@@ -163,6 +162,26 @@ def test_batch_permutation_follows_the_draws():
     assert sorted(batch_permutation(8, torch.device("cpu")).tolist()) == list(range(8))
 
 
+class StridedTeacher(nn.Module):
+    """A small stand-in for T, frozen like it: three strided convs giving levels at H/4, H/8, H/16."""
+
+    channels = (8, 16, 32)
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 8, 4, stride=4), nn.Conv2d(8, 16, 2, stride=2),
+                                    nn.Conv2d(16, 32, 2, stride=2)])
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, x):
+        levels = []
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+            levels.append(x)
+        return levels
+
+
 class PooledBottleneck(nn.Module):
     """A small stand-in for B: every level pooled to the coarsest, concatenated, one 1x1 conv."""
 
@@ -188,7 +207,7 @@ class UpsamplingStudent(nn.Module):
 
 def test_rdpp_objective_composes_the_parts_and_trains_projection_bottleneck_and_student(fast_sinkhorn):
     torch.manual_seed(0)
-    teacher = Teacher("resnet18", weights=None)
+    teacher = StridedTeacher()
     model = SimpleNamespace(teacher=teacher, projection=MultiProjection(teacher.channels),
                             bottleneck=PooledBottleneck(teacher.channels), student=UpsamplingStudent(teacher.channels))
     generator = torch.Generator().manual_seed(0)
