@@ -28,22 +28,25 @@ DATASET = "mvtec"               # Sec. 4.1: "mvtec" (Tables 1-2), "mtd" (Table 3
 CATEGORIES = ()                 # categories to run; empty: every category of DATASET
 IMAGE_SIZE = 256                # Sec. 4.1: images resized to 256x256
 # Method
-METHOD = "mrkd"                 # preset of the constants below: "mrkd" (this paper) or "drd" (METHODS below)
-LOSS = "mrkd"                   # training objective: "mrkd" (Eq. (4)) or "drd" (DRD's three losses)
+METHOD = "mrkd"                 # preset of the constants below: "mrkd" (this paper), "drd" or "rdpp" (METHODS below)
+LOSS = "mrkd"                   # training objective: "mrkd" (Eq. (4)), "drd" (DRD's three losses) or "rdpp" (RD++'s)
 BACKBONE = "wide_resnet50_2"    # Sec. 3.2; Table 8 also uses resnet18 and resnet50
 WEIGHTS = "imagenet"            # teacher weights: "imagenet" (IMAGENET1K_V1, as the authors), none, or a .pth path
 ILM = True                      # Table 5: image-level masking (NSA images as the student's input)
 FLM = True                      # Table 5: feature-level masking and the generation modules G
 FLM_RATIO = 0.2                 # lambda of Eq. (2), Sec. 4.1; Fig. 11 sweeps 0-0.8
 ALPHA = 1.0                     # Table 6: proportion of training images given NSA anomalies; authors' implementation
-SYNTHESIS = "nsa"               # ILM's anomalies: "nsa" (Sec. 3.2) or "drd" (DRD's pasted patches)
+SYNTHESIS = "nsa"               # ILM's anomalies: "nsa" (Sec. 3.2), "drd" (DRD's pasted patches), "rdpp" (simplex noise)
 NSA_MODE = "swap"               # authors' implementation; "poisson" or "mixed": NSA's own seamless blending
 BOTTLENECK = "ocbe"             # "ocbe": RD4AD's one-class bottleneck (Sec. 4.1); "mfcf": DRD's cascade fusion
+PROJECTION = False              # RD++'s multi-projection layer between teacher and bottleneck
 SCORE_LEVELS = (1, 2, 3)        # Eq. (5): levels summed into the map; Table 7 (SM^1 ... SM^1&2&3)
 # Training
 EPOCHS = 200                    # Sec. 4.1
 BATCH_SIZE = 16                 # Sec. 4.1
 LEARNING_RATE = 0.005           # Sec. 4.1
+PROJECTION_LEARNING_RATE = 0.001  # RD++'s projection, its authors' implementation
+ACCUMULATE = 1                  # Adam steps every N batches on their summed gradients (RD++'s authors: 2)
 BETAS = (0.5, 0.999)            # Adam betas, authors' implementation
 WEIGHT_DECAY = 0.0              # Adam weight decay: none in the authors' implementation (DRD: 1e-5)
 SEED = 111                      # authors' implementation; here re-applied at the start of every category
@@ -87,6 +90,11 @@ METHODS = {
     # 1e-5 and batch 4 (learning rate, betas and epochs as MRKD's).
     "drd": {"LOSS": "drd", "BOTTLENECK": "mfcf", "SYNTHESIS": "drd", "IMAGE_SCORE": "refined", "FLM": False,
             "ILM": True, "WEIGHT_DECAY": 1e-5, "BATCH_SIZE": 4},
+    # RD++ (Tien et al., CVPR 2023), from its public implementation: RD4AD's bottleneck behind a
+    # multi-projection layer trained by its own losses on simplex-noise images, no FLM; Adam steps
+    # every 2 batches (batch size, learning rate, betas and epochs as MRKD's).
+    "rdpp": {"LOSS": "rdpp", "PROJECTION": True, "SYNTHESIS": "rdpp", "FLM": False, "ILM": True, "ALPHA": 1.0,
+             "ACCUMULATE": 2},
 }
 # ----------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from dataset import nsa, pseudo
+from dataset import nsa, pseudo, simplex
 from dataset.folders import TestSample
 from utils.errors import InputError
 
@@ -186,8 +186,8 @@ class TrainImages(Dataset):
         return clean, to_tensor(augmented)
 
 
-# Where ILM's anomalies come from: NSA (Sec. 3.2) or DRD's pasted patches.
-SYNTHESES = ("nsa", "drd")
+# Where ILM's anomalies come from: NSA (Sec. 3.2), DRD's pasted patches or RD++'s simplex noise.
+SYNTHESES = ("nsa", "drd", "rdpp")
 
 
 def image_level_mask(image: np.ndarray, category: str, rng: np.random.Generator, alpha: float,
@@ -195,12 +195,15 @@ def image_level_mask(image: np.ndarray, category: str, rng: np.random.Generator,
     """ILM's input x_a, (H, W, 3): with probability alpha (Table 6) a synthetic anomaly, else the image.
 
     synthesis "nsa": NSA as the authors configure it (Sec. 3.2), uint8; "drd": DRD's pasted
-    patches, float32 on the [0, 1] scale and unclipped (up to 1.2), as DRD computes them.
+    patches, float32 on the [0, 1] scale and unclipped (up to 1.2), as DRD computes them;
+    "rdpp": RD++'s simplex-noise patch added, float32 on the [0, 1] scale, unclipped.
     """
     if rng.random() >= alpha:
         return image
     if synthesis == "drd":
         return pseudo.drd_pseudo_anomaly(image, rng)[0]
+    if synthesis == "rdpp":
+        return simplex.rdpp_noisy_image(image, rng)[0]
     return nsa.synthesize(image, category, rng, nsa_mode)[0]
 
 

@@ -77,11 +77,17 @@ class Execution:
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         return images.to(device, non_blocking=True, memory_format=memory_format)
 
-    def optimizer(self, parameters: list[torch.nn.Parameter], learning_rate: float, betas: tuple[float, ...],
-                  weight_decay: float) -> torch.optim.Adam:
-        """Adam; with `capture` one fused kernel whose step count lives on the GPU, as a graph needs."""
+    def optimizer(self, model: MRKD, training: Training) -> torch.optim.Adam:
+        """Adam over the trained parts (Sec. 4.1), RD++'s projection at its own learning rate (its
+        authors' second Adam: Adam is per parameter, so one Adam with two groups is the same);
+        with `capture` one fused kernel whose step count lives on the GPU, as a graph needs."""
+        groups = [{"params": [p for name, part in model.trained_parts().items() if name != "projection"
+                              for p in part.parameters()]}]
+        if model.projection is not None:
+            groups.append({"params": list(model.projection.parameters()), "lr": training.projection_learning_rate})
         fused = {"fused": True, "capturable": True} if self.capture else {}
-        return torch.optim.Adam(parameters, lr=learning_rate, betas=betas, weight_decay=weight_decay, **fused)
+        return torch.optim.Adam(groups, lr=training.learning_rate, betas=training.betas,
+                                weight_decay=training.weight_decay, **fused)
 
 
 def execution_for(device: torch.device, fast: bool) -> Execution:
@@ -107,12 +113,12 @@ def execution_for(device: torch.device, fast: bool) -> Execution:
 def build(training: Training, machine: Machine, device: torch.device) -> tuple[MRKD, Execution]:
     """The model of the Training settings on the device, and how it runs (faithful or fast)."""
     model = build_model(backbone=training.backbone, weights=training.weights, bottleneck=training.bottleneck,
-                        flm=training.flm, flm_ratio=training.flm_ratio).to(device)
+                        flm=training.flm, flm_ratio=training.flm_ratio, projection=training.projection).to(device)
     execution = execution_for(device, training.fast)
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if machine.compile:
-        for part in (model.teacher, model.bottleneck, model.student, *model.generators):
+        for part in (model.teacher, *model.trained_parts().values()):
             part.compile()  # each part, since training and evaluation call them separately
     return model, execution
 
@@ -121,21 +127,34 @@ class Step:
     """One training step of Algorithm 1: the objective, backward and Adam. The eager path calls
     it; the fast path on a GPU records this same call as a CUDA graph (CapturedStep).
 
-    No weight-cast cache under autocast, as a graph needs (a cache would outlive the replay),
-    and gradients zeroed in place, where a graph reads them.
+    With `accumulate` k > 1 (RD++'s authors use 2) Adam steps on every k-th batch, on the
+    gradients summed over the k batches, undivided, as they do. No weight-cast cache under
+    autocast, as a graph needs (a cache would outlive the replay), and gradients zeroed in
+    place, where a graph reads them.
     """
 
-    def __init__(self, model: MRKD, optimizer: torch.optim.Optimizer, objective: Objective, execution: Execution):
+    def __init__(self, model: MRKD, optimizer: torch.optim.Optimizer, objective: Objective, execution: Execution,
+                 accumulate: int = 1):
         self.model, self.optimizer, self.objective, self.execution = model, optimizer, objective, execution
+        self.accumulate, self.pending = accumulate, 0  # batches whose gradients wait for Adam
 
     def __call__(self, clean: torch.Tensor, augmented: torch.Tensor | None, draws: MaskDraws | None) -> torch.Tensor:
-        """Returns the batch's loss (a tensor on the device), after the weights were updated."""
-        self.optimizer.zero_grad(set_to_none=False)
+        """Returns the batch's loss (a tensor on the device), once its gradients are in (and applied)."""
         with self.execution.autocast(clean.device, cache=False):
             loss = self.objective(self.model, clean, augmented, draws)
         loss.backward()
-        self.optimizer.step()
+        self.pending += 1
+        if self.pending == self.accumulate:
+            self.flush()
         return loss
+
+    def flush(self) -> None:
+        """Adam on the gradients gathered so far (an epoch's last batches too, so that a resumed
+        run equals an uninterrupted one), then zero them."""
+        if self.pending:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=False)
+            self.pending = 0
 
 
 class StaticDraws(MaskDraws):
@@ -231,14 +250,17 @@ class Trainer:
     @classmethod
     def of(cls, model: MRKD, objective: Objective, execution: Execution, device: torch.device,
            training: Training) -> Trainer:
-        optimizer = execution.optimizer(model.trainable_parameters(), training.learning_rate, training.betas,
-                                        training.weight_decay)
-        step = Step(model, optimizer, objective, execution)
-        return cls(model, CapturedStep(step) if execution.capture else step, execution, device)
+        step = Step(model, execution.optimizer(model, training), objective, execution, training.accumulate)
+        captured = execution.capture and training.accumulate == 1  # a graph replays whole steps only
+        return cls(model, CapturedStep(step) if captured else step, execution, device)
+
+    @property
+    def eager(self) -> Step:
+        return self.step.step if isinstance(self.step, CapturedStep) else self.step
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
-        return self.step.step.optimizer if isinstance(self.step, CapturedStep) else self.step.optimizer
+        return self.eager.optimizer
 
 
 def train_epoch(trainer: Trainer, loader: Iterable, draws: MaskDraws | None,
@@ -259,6 +281,7 @@ def train_epoch(trainer: Trainer, loader: Iterable, draws: MaskDraws | None,
         total, steps = total + value, steps + 1
         if on_step is not None:
             on_step(value)
+    trainer.eager.flush()
     return total / max(steps, 1)
 
 
@@ -325,9 +348,7 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
     Written to a temporary file and renamed, so a crash never leaves a broken checkpoint.
     """
     state = {
-        "bottleneck": model.bottleneck.state_dict(),
-        "student": model.student.state_dict(),
-        "generators": model.generators.state_dict(),
+        **{name: part.state_dict() for name, part in model.trained_parts().items()},
         "epoch": epoch,
         "config": {"FORMAT": FORMAT, **training.record()},
     }
@@ -379,8 +400,8 @@ def read_trained(path: Path, device: torch.device, training: Training, use: str)
 def load_weights(model: MRKD, trained: Trained, path: Path) -> None:
     """Put a checkpoint's trained parts into the model."""
     try:
-        for part in ("bottleneck", "student", "generators"):
-            getattr(model, part).load_state_dict(trained.state[part])
+        for name, part in model.trained_parts().items():
+            part.load_state_dict(trained.state[name])
     except (RuntimeError, KeyError) as error:
         raise InputError(f"The checkpoint {path} does not fit this model "
                          f"({type(error).__name__}: {str(error).splitlines()[0]}).") from None

@@ -2,7 +2,7 @@
 
 Training and test time take the same four steps, each named once:
     f_T = encode(x)                the frozen teacher, Eq. (1)
-    f_P = project(f_T)             RD++'s multi-projection where the method has one, else f_T
+    f_P = project(f_T)             RD++'s multi-projection where the method has one (PROJECTION), else f_T
     f_S = decode(f_P) = S(B(f_P))  bottleneck and reversed student (Sec. 3.3)
     f_G = restore(f_S)             FLM, Eq. (2)-(3)
 Training feeds encode the clean image x_n (the target f_T,n) and the ILM input x_a (whose
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from model.generator import Generator, MaskDraws, flm_mask
+from model.projection import MultiProjection
 from model.student import ReversedStudent
 from model.teacher import Teacher
 
@@ -22,22 +23,29 @@ from model.teacher import Teacher
 class MRKD(nn.Module):
     """Teacher, bottleneck, student and (with FLM) one generation module per level.
 
-    Attributes: `teacher`, `bottleneck`, `student`, and `generators`, a ModuleList
-    ordered finest level first, empty when FLM is off, in which case the student's output
-    is compared directly.
+    Attributes: `teacher`, `projection` (RD++'s multi-projection, or None), `bottleneck`,
+    `student`, and `generators`, a ModuleList ordered finest level first, empty when FLM is
+    off, in which case the student's output is compared directly.
     """
 
-    def __init__(self, *, teacher: Teacher, bottleneck: type[nn.Module], flm: bool, flm_ratio: float):
+    def __init__(self, *, teacher: Teacher, bottleneck: type[nn.Module], flm: bool, flm_ratio: float,
+                 projection: bool = False):
         super().__init__()
         self.teacher = teacher
+        self.projection = MultiProjection(teacher.channels) if projection else None
         self.bottleneck = bottleneck(teacher.block, teacher.channels, teacher.width_per_group)
         self.student = ReversedStudent(teacher.block, self.bottleneck.out_channels, teacher.width_per_group)
         self.generators = nn.ModuleList([Generator(c) for c in teacher.channels] if flm else [])
         self.flm_ratio = flm_ratio
 
+    def trained_parts(self) -> dict[str, nn.Module]:
+        """Everything but the frozen teacher, by the names checkpoints keep them under."""
+        parts = {"bottleneck": self.bottleneck, "student": self.student, "generators": self.generators}
+        return parts if self.projection is None else {**parts, "projection": self.projection}
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """theta_B, theta_S and theta_G: everything but the frozen teacher."""
-        return [p for part in (self.bottleneck, self.student, self.generators) for p in part.parameters()]
+        """theta_B, theta_S and theta_G (and RD++'s projection): everything but the frozen teacher."""
+        return [p for part in self.trained_parts().values() for p in part.parameters()]
 
     def encode(self, images: torch.Tensor, augmented: torch.Tensor | None = None
                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -54,8 +62,9 @@ class MRKD(nn.Module):
         return [f[: len(images)] for f in both], [f[len(images):] for f in both]
 
     def project(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """f_P: the features the bottleneck takes; MRKD's are the teacher's f_T themselves."""
-        return features
+        """f_P: the features the bottleneck takes; MRKD's are the teacher's f_T themselves, RD++'s
+        its multi-projection of them (model/projection.py)."""
+        return features if self.projection is None else self.projection(features)
 
     def decode(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """f_S = S(B(f)) (Sec. 3.3): the one-class embedding of the three levels, decoded by the

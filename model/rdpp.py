@@ -122,15 +122,11 @@ def rdpp_objective(model: MRKD, clean: torch.Tensor, noisy: torch.Tensor | None,
     """RD++'s training step: the student restores f_T(x_n) from B(P(f_T(x_n))); P is trained on
     x_n and the noisy x_a; returns rdpp_loss.
 
-    model: has `teacher`, `projection` (a MultiProjection), `bottleneck` and `student`.
-    clean, noisy: (B, 3, H, W), x_n and x_a. draws: the source of L_SSOT's shuffle
-    (batch_permutation).
+    model: an MRKD with a projection (PROJECTION=True). clean, noisy: (B, 3, H, W), x_n and
+    x_a. draws: the source of L_SSOT's shuffle (batch_permutation).
     """
-    if noisy is None:
-        raise ValueError("RD++ trains on (normal, noisy) pairs: turn ILM on with the 'rdpp' synthesis")
-    teacher_normal, teacher_noisy = model.teacher(clean), model.teacher(noisy)
-    projected_normal = model.projection(teacher_normal)
-    projected_noisy = model.projection(teacher_noisy)
-    student = model.student(model.bottleneck(projected_normal))
+    teacher_normal, teacher_noisy = model.encode(clean, noisy)
+    projected_normal, projected_noisy = model.project(teacher_normal), model.project(teacher_noisy)
+    student = model.decode(projected_normal)
     permutation = batch_permutation(len(clean), clean.device, draws)
     return rdpp_loss(teacher_normal, student, teacher_noisy, projected_noisy, projected_normal, permutation)

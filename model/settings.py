@@ -15,7 +15,6 @@ earlier version reads back.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 from dataset import CATEGORIES as DATASET_CATEGORIES
@@ -45,9 +44,12 @@ class Training(Bundle):
     synthesis: str = setting(since="nsa")
     nsa_mode: str = setting(since="swap")
     bottleneck: str = setting(since="ocbe")
+    projection: bool = setting(since=False)
     epochs: int = setting(may_differ=("resume", "evaluate"))
     batch_size: int = setting(may_differ=("predict",))
     learning_rate: float
+    projection_learning_rate: float = setting(since=0.001)
+    accumulate: int = setting(since=1)
     betas: tuple[float, ...]
     weight_decay: float = setting(since=0.0)
     seed: int
@@ -59,6 +61,8 @@ class Training(Bundle):
             (self.image_size >= 32 and self.image_size % 32 == 0, "IMAGE_SIZE must be a multiple of 32"),
             (self.loss in OBJECTIVES, f"LOSS must be one of {', '.join(OBJECTIVES)}"),
             (self.loss != "drd" or self.ilm, "LOSS=drd trains on pseudo-abnormal images: it needs ILM=True"),
+            (self.loss != "rdpp" or (self.ilm and self.projection),
+             "LOSS=rdpp trains a projection on noisy images: it needs ILM=True and PROJECTION=True"),
             (0 <= self.flm_ratio < 1, "FLM_RATIO (lambda) must lie in [0, 1)"),
             (0 <= self.alpha <= 1, "ALPHA must lie in [0, 1]"),
             (self.synthesis in SYNTHESES, f"SYNTHESIS must be one of {', '.join(SYNTHESES)}"),
@@ -66,8 +70,9 @@ class Training(Bundle):
             (self.bottleneck in BOTTLENECKS, f"BOTTLENECK must be one of {', '.join(BOTTLENECKS)}"),
             (self.epochs >= 1, "EPOCHS must be at least 1"),
             (self.batch_size >= 1, "BATCH_SIZE must be at least 1"),
-            (self.learning_rate > 0 and self.weight_decay >= 0,
-             "LEARNING_RATE must be positive and WEIGHT_DECAY at least 0"),
+            (self.learning_rate > 0 and self.projection_learning_rate > 0 and self.weight_decay >= 0,
+             "LEARNING_RATE and PROJECTION_LEARNING_RATE must be positive, WEIGHT_DECAY at least 0"),
+            (self.accumulate >= 1, "ACCUMULATE must be at least 1"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "BETAS must be two numbers in [0, 1)"),
             (0 <= self.seed < 2**32, "SEED must be an integer in [0, 2^32)"),
         ])

@@ -1,17 +1,16 @@
 """RD++'s parts: the multi-projection layer, its losses and objective, the simplex-noise pseudo-anomalies."""
 import math
-from types import SimpleNamespace
 
 import geomloss
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dataset.simplex import (NOISE_SCALE, OCTAVES, PERSISTENCE, fractal_noise, rdpp_noisy_image,
                              simplex_noise)
 from model import rdpp
+from tests.helpers import model_for
 from model.generator import MaskDraws
 from model.loss import distillation_loss
 from model.projection import MultiProjection
@@ -162,60 +161,15 @@ def test_batch_permutation_follows_the_draws():
     assert sorted(batch_permutation(8, torch.device("cpu")).tolist()) == list(range(8))
 
 
-class StridedTeacher(nn.Module):
-    """A small stand-in for T, frozen like it: three strided convs giving levels at H/4, H/8, H/16."""
-
-    channels = (8, 16, 32)
-
-    def __init__(self):
-        super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(3, 8, 4, stride=4), nn.Conv2d(8, 16, 2, stride=2),
-                                    nn.Conv2d(16, 32, 2, stride=2)])
-        self.requires_grad_(False)
-
-    @torch.no_grad()
-    def forward(self, x):
-        levels = []
-        for conv in self.convs:
-            x = torch.relu(conv(x))
-            levels.append(x)
-        return levels
-
-
-class PooledBottleneck(nn.Module):
-    """A small stand-in for B: every level pooled to the coarsest, concatenated, one 1x1 conv."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(sum(channels), 16, 1)
-
-    def forward(self, features):
-        size = features[-1].shape[-2:]
-        return self.conv(torch.cat([F.adaptive_avg_pool2d(f, size) for f in features], dim=1))
-
-
-class UpsamplingStudent(nn.Module):
-    """A small stand-in for S: one 1x1 conv per level, upsampled to the level's size (4x, 2x, 1x)."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.heads = nn.ModuleList(nn.Conv2d(16, c, 1) for c in channels)
-
-    def forward(self, x):
-        return [F.interpolate(head(x), scale_factor=2 ** (2 - level)) for level, head in enumerate(self.heads)]
-
-
 def test_rdpp_objective_composes_the_parts_and_trains_projection_bottleneck_and_student(fast_sinkhorn):
     torch.manual_seed(0)
-    teacher = StridedTeacher()
-    model = SimpleNamespace(teacher=teacher, projection=MultiProjection(teacher.channels),
-                            bottleneck=PooledBottleneck(teacher.channels), student=UpsamplingStudent(teacher.channels))
+    model = model_for("resnet18", flm=False, projection=True)
     generator = torch.Generator().manual_seed(0)
     clean = torch.randn(3, 3, 32, 32, generator=generator)
     noisy = clean + torch.randn(3, 3, 32, 32, generator=generator)
     loss = rdpp_objective(model, clean, noisy, MaskDraws(torch.Generator().manual_seed(3)))
     with torch.no_grad():
-        teacher_normal, teacher_noisy = teacher(clean), teacher(noisy)
+        teacher_normal, teacher_noisy = model.teacher(clean), model.teacher(noisy)
         projected_normal, projected_noisy = model.projection(teacher_normal), model.projection(teacher_noisy)
         student = model.student(model.bottleneck(projected_normal))
         permutation = batch_permutation(3, clean.device, MaskDraws(torch.Generator().manual_seed(3)))
@@ -224,9 +178,12 @@ def test_rdpp_objective_composes_the_parts_and_trains_projection_bottleneck_and_
     loss.backward()
     for part in (model.projection, model.bottleneck, model.student):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters() if p.dim() > 1)
-    assert all(p.grad is None for p in teacher.parameters())
-    with pytest.raises(ValueError, match="noisy"):
-        rdpp_objective(model, clean, None, None)
+    assert all(p.grad is None for p in model.teacher.parameters())
+    # Test time takes the same projection: the student decodes B(P(f_T)).
+    assert model.trained_parts()["projection"] is model.projection
+    with torch.no_grad():
+        decoded = model.decode(model.project(teacher_normal))
+    assert all(torch.allclose(a, b) for a, b in zip(decoded, student))
 
 
 # ---- simplex noise and the noisy image ----
