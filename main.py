@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,11 @@ SEED = 111                      # authors' implementation; here re-applied at th
 SIGMA = 4.0                     # Gaussian smoothing of the map, authors' implementation (Sec. 3.4 is silent)
 EVAL_MASKS = 1                  # K, FLM masks averaged at test time; Sec. 3.4 uses one
 IMAGE_SCORE = "max"             # Eq. (6); "refined": DRD's (1 + v) x max, v from the calmest level
-EVAL_EVERY = 0                  # diagnostic only: also evaluate every N epochs (0: never); never picks the result
+EVAL_EVERY = 0                  # also evaluate every N epochs (0: never): a diagnostic, unless SELECT picks among them
+# The protocol, fair by default; the published protocols are opt-ins, marked in every table and CSV
+SEEDS = ()                      # train and evaluate each category once per seed, tables as mean ± std; empty: SEED
+SELECT = "last"                 # "last": the checkpoint after the last epoch; "best_on_test": RD++'s and DRD's releases
+CATEGORY_EPOCHS = ""            # "rdpp": RD++'s release's epochs per category instead of EPOCHS
 # Running
 DEVICE = "auto"                 # "auto" (first CUDA GPU, else CPU), "cpu", "cuda", "cuda:1"
 WORKERS = 4                     # DataLoader workers doing the NSA synthesis
@@ -116,25 +121,28 @@ from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
 from model.methods import OBJECTIVES  # noqa: E402
 from model.predict import predict_run  # noqa: E402
-from model.settings import Settings, recorded, resolve  # noqa: E402
+from model.settings import BUNDLES, Settings, recorded, resolve  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import described_constants, parse_overrides  # noqa: E402
 from utils.errors import InputError  # noqa: E402
+from utils.paper import RDPP_EPOCHS  # noqa: E402
 from utils.figures import draw_category, pca_project  # noqa: E402
 from utils.predictions import Predictions  # noqa: E402
 from utils.presets import PRESETS, slug  # noqa: E402
 from utils.ranks import Ranks  # noqa: E402
-from utils.report import category_line, write_atomically, write_tables  # noqa: E402
+from utils.report import category_line, over_seeds, write_atomically, write_tables  # noqa: E402
 from utils.runs import RunFolders, RunLock, make_folder  # noqa: E402
 
 
 def train_category(trainer: Trainer, category: str, train_files: list[Path], settings: Settings,
-                   folders: RunFolders, diagnostic) -> None:
+                   folders: RunFolders, evaluate) -> int | None:
     """Adam over theta_B, theta_S, theta_G for EPOCHS epochs (Algorithm 1), resumable.
 
     The optimiser state is kept in the checkpoint only while the category trains: after
     the last epoch the checkpoint holds the weights alone. config.json is written once the
-    training starts, so that a refused resume leaves it as it was.
+    training starts, so that a refused resume leaves it as it was. With SELECT=best_on_test
+    the model ends with the weights of the best evaluation on the test set (the checkpoint
+    keeps the last epoch's) and the epoch of those weights is returned.
     """
     training, run = settings.training, settings.run
     checkpoint = folders.checkpoints / f"{category}.pt"
@@ -151,9 +159,8 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
         print(f"{category}: resuming after epoch {start}")
     elif settings.mode.resume:
         print(f"{category}: no checkpoint to resume from; training from the first epoch")
-    write_atomically(folders.results / "config.json", json.dumps(settings.record(), indent=2) + "\n")
     if start >= training.epochs:
-        return
+        return None
     train_set = TrainImages(train_files, category, training.image_size, alpha=training.alpha,
                             nsa_mode=training.nsa_mode, seed=training.seed, augment=training.ilm,
                             synthesis=training.synthesis)
@@ -163,6 +170,7 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
                         pin_memory=trainer.device.type == "cuda", worker_init_fn=seed_worker)
     bar = tqdm(total=(training.epochs - start) * len(loader), desc=f"{category} training", unit="step",
                dynamic_ncols=True)
+    best = None  # (merit, epoch, weights) of the best evaluation, with SELECT=best_on_test
     for epoch in range(start, training.epochs):
         started = time.perf_counter()
         # Each epoch's random draws (FLM masks, DRD's feature noise) come from their own seed,
@@ -181,9 +189,18 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
         last = epoch + 1 == training.epochs
         if (epoch + 1) % run.checkpoint_every == 0 or last:
             save_checkpoint(checkpoint, trainer.model, None if last else trainer.optimizer, epoch + 1, training)
-        if run.eval_every and (epoch + 1) % run.eval_every == 0 and not last:
-            bar.write(f"  diagnostic only, never used to pick a result: {category_line(category, diagnostic())}")
+        if run.eval_every and (epoch + 1) % run.eval_every == 0 and (run.select == "best_on_test" or not last):
+            values = evaluate()
+            if run.select == "last":
+                bar.write(f"  diagnostic only, never used to pick a result: {category_line(category, values)}")
+            elif best is None or metrics.selection_merit(values) > best[0]:
+                best = (metrics.selection_merit(values), epoch + 1,
+                        {name: value.detach().clone() for name, value in trainer.model.state_dict().items()})
     bar.close()
+    if best is None:
+        return None
+    trainer.model.load_state_dict(best[2])
+    return best[1]
 
 
 def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
@@ -205,6 +222,10 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
         if not present:  # AU-ROC needs both kinds: report the category instead of crashing on it
             print(f"{category}: skipped, its test set holds no {kind} image to evaluate on.")
             return {"category": category, "status": f"no {kind} test image"}
+    protocol = ["RD++'s epochs per category"] if settings.run.category_epochs else []  # marks of a published one
+    if settings.run.category_epochs:
+        training = replace(training, epochs=RDPP_EPOCHS.get(category, training.epochs))
+        settings = replace(settings, training=training)
     seed_everything(training.seed)  # a fresh seed per category: results do not depend on the loop order
     model, execution = build(training, settings.machine, device)
     trainer = Trainer.of(model, OBJECTIVES[training.loss], execution, device, training)
@@ -221,11 +242,14 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
         load_weights(model, trained, checkpoint)
     else:
         try:
-            train_category(trainer, category, files.train, settings, folders,
-                           diagnostic=lambda: evaluate_category(trainer, test_set, settings)[0])
+            selected = train_category(trainer, category, files.train, settings, folders,
+                                      evaluate=lambda: evaluate_category(trainer, test_set, settings)[0])
         except Diverged as error:
             print(error)
             return {"category": category, "status": "diverged"}
+        if selected is not None:
+            protocol.append("selected on the test set")
+            status = f"ok, epoch {selected}"
     started = time.perf_counter()
     values, scores, maps = evaluate_category(trainer, test_set, settings)
     print(f"{category} evaluated in {time.perf_counter() - started:.1f} s")
@@ -238,15 +262,19 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
     Predictions.of(category, scores, test_set.labels, [sample.defect for sample in test_set.samples], values,
                    threshold, test_set.masks, maps, test_set.images, examples, *features
                    ).save(folders.results / "predictions" / f"{category}.npz")
-    return {"category": category, **values, "threshold": threshold, "status": status}
+    return {"category": category, **values, "threshold": threshold, "status": status,
+            "protocol": "; ".join(protocol)}
 
 
-def claim(settings: Settings, folders: RunFolders, lock: RunLock) -> None:
-    """Take the run's lock, check that this command may use the run's folders, then create them.
+def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: dict[Path, Any]) -> None:
+    """Take the run's lock, check that this command may use the run's folders, then create them
+    and, for a training, write config.json.
 
     A new training refuses a run that exists (one that wrote checkpoints or predictions),
     unless --overwrite=True, or --demo replacing an earlier demo run; --resume and
-    --eval_only need it to exist.
+    --eval_only need it to exist, and a resume needs each of its `checkpoints` that exists to
+    accept the Training settings it maps to: config.json changes only when a training starts
+    or resumes.
     """
     mode, run = settings.mode, settings.run
     lock.acquire()
@@ -261,47 +289,69 @@ def claim(settings: Settings, folders: RunFolders, lock: RunLock) -> None:
         raise InputError(f"Run {run.run_name!r} has no checkpoint to {mode.use} in {folders.checkpoints}; train it "
                          f"(anew, without --{mode.use.replace('evaluate', 'eval_only')}), or give the --run_name and "
                          f"--checkpoint_dir it was trained with.")
-    make_folder(folders.results / "predictions")
+    if mode.resume:
+        for checkpoint, training in checkpoints.items():
+            if checkpoint.exists():
+                read_trained(checkpoint, torch.device("cpu"), training, "resume")
+    make_folder(folders.results)
+    if mode.use in (None, "resume"):
+        write_atomically(folders.results / "config.json", json.dumps(settings.record(), indent=2) + "\n")
 
 
 def run_categories(settings: Settings, folders: RunFolders, check_data: bool = True) -> list[dict[str, Any]]:
-    """Every category in turn (under torchrun: this rank's share), the table rewritten after each,
-    so nothing is lost on a crash; returns every category's row, in order, on every rank.
+    """Every category in turn, once per seed of SEEDS (under torchrun: this rank's share of the
+    (category, seed) pairs), the table rewritten after each, so nothing is lost on a crash;
+    returns every category's row, in order, on every rank (with SEEDS: their mean and spread).
 
     check_data: decode every file first (False: an earlier row of the experiment did).
     """
     run = settings.run
     ranks = Ranks.from_launcher()
     categories = run.categories or DATASET_CATEGORIES[settings.training.dataset]
-    mine = ranks.share(categories)
+    work = [(category, seed) for category in categories for seed in run.seeds or (settings.training.seed,)]
+    mine = ranks.share(work)
     # Every file of every category is found and decoded before any work.
     files = {category: category_files(settings.training.dataset, run.data_dir, category) for category in categories}
     if check_data:
-        ranks.agree(lambda: check_files({category: files[category] for category in mine}))
+        ranks.agree(lambda: check_files({category: files[category] for category, _ in mine}))
     device = pick_device(settings.machine.device, ranks.local_rank)
     lock = RunLock(folders.checkpoints, run.run_name)
+
+    def table(rows: list[dict[str, Any]]) -> str:
+        if run.seeds:  # each seed's row, and the categories' mean and spread over the seeds
+            write_tables(folders.results, "metrics_per_seed",
+                         [{**row, "category": f"{row['category']} seed {row['seed']}"} for row in rows], None, mean=False)
+            rows = over_seeds(rows)
+        return write_tables(folders.results, "metrics", rows, paper)
+
     try:
-        ranks.agree(lambda: claim(settings, folders, lock), only_rank=0)
+        places = {seed: folders.seeded(seed) if run.seeds else folders for _, seed in work}
+        checkpoints = {places[seed].checkpoints / f"{category}.pt": settings.seeded(seed).training
+                       for category, seed in work}
+        ranks.agree(lambda: claim(settings, folders, lock, checkpoints), only_rank=0)
         paper = paper_rows(run.method, settings.training, categories)
-        print(f"Run {run.run_name!r} ({run.method}) on {device}: {len(mine)} of {len(categories)} categories"
+        print(f"Run {run.run_name!r} ({run.method}) on {device}: {len(mine)} of {len(work)} trainings"
               f"{f' (rank {ranks.rank} of {ranks.world})' if ranks.world > 1 else ''}; results and figures in "
               f"{folders.results}, checkpoints in {folders.checkpoints}")
         rows = []
-        for category in mine:
-            rows.append(run_category(settings, category, files[category], device, folders))
+        for category, seed in mine:
+            where = places[seed]
+            make_folder(where.results / "predictions")
+            rows.append({**run_category(settings.seeded(seed), category, files[category], device, where),
+                         "seed": seed})
             print(category_line(category, rows[-1]))
             if ranks.rank == 0:
-                write_tables(folders.results, "metrics", rows, paper)
+                table(rows)
             if run.figures and rows[-1]["status"].startswith(("ok", "partial")):
-                draw_category(folders.results / "predictions" / f"{category}.npz", folders.results / "figures")
-        if ranks.world > 1:  # the categories of every rank, in the order of the list
-            done = {row["category"]: row for share in ranks.gather(rows) for row in share}
-            rows = [done[category] for category in categories]
+                draw_category(where.results / "predictions" / f"{category}.npz", where.results / "figures")
+        if ranks.world > 1:  # the trainings of every rank, in the order of the list
+            done = {(row["category"], row["seed"]): row for share in ranks.gather(rows) for row in share}
+            rows = [done[item] for item in work]
         if ranks.rank == 0:
-            print("\n" + write_tables(folders.results, "metrics", rows, paper))
+            print("\n" + table(rows))
     finally:
         lock.release()
-    return rows
+    return over_seeds(rows) if run.seeds else rows
 
 
 def usage() -> str:
@@ -333,7 +383,7 @@ def main(argv: list[str]) -> int:
         print(usage())
         return 0
     try:
-        rows = run(parse_overrides(CONSTANTS, argv))
+        rows = run(parse_overrides(CONSTANTS, argv, {k: v for part in BUNDLES for k, v in part.element_types().items()}))
     except InputError as error:
         if Ranks.from_launcher().rank == 0:  # under torchrun every rank knows the error; one says it
             print(f"error: {error}", file=sys.stderr)

@@ -98,6 +98,11 @@ class Scoring(Bundle):
         ])
 
 
+# Which checkpoint a run reports: the one after the last epoch (the fair protocol), or the best of the
+# evaluations on the test set every EVAL_EVERY epochs, as the RD++ and DRD releases pick theirs.
+SELECTIONS = ("last", "best_on_test")
+
+
 @dataclass(frozen=True)
 class Run(Bundle):
     """Where a run reads and writes, and what it runs."""
@@ -113,12 +118,21 @@ class Run(Bundle):
     checkpoint_every: int
     eval_every: int
     figures: bool
+    seeds: tuple[int, ...] = setting(since=())        # each category once per seed; empty: SEED alone
+    select: str = setting(since="last")               # SELECTIONS
+    category_epochs: str = setting(since="")          # "" or "rdpp" (utils/paper.py: RDPP_EPOCHS)
 
     def __post_init__(self) -> None:
         check([
             (self.experiment in ("", *PRESETS), f"EXPERIMENT must be one of {', '.join(PRESETS)}"),
             (self.checkpoint_every >= 1, "CHECKPOINT_EVERY must be at least 1"),
             (self.eval_every >= 0, "EVAL_EVERY must be at least 0"),
+            (all(0 <= seed < 2**32 for seed in self.seeds) and len(set(self.seeds)) == len(self.seeds),
+             "SEEDS must be distinct integers in [0, 2^32)"),
+            (self.select in SELECTIONS, f"SELECT must be one of {', '.join(SELECTIONS)}"),
+            (self.select != "best_on_test" or self.eval_every >= 1,
+             "SELECT=best_on_test picks among evaluations every EVAL_EVERY epochs: set EVAL_EVERY"),
+            (self.category_epochs in ("", "rdpp"), "CATEGORY_EPOCHS must be empty or rdpp"),
         ])
         check_run_name(self.run_name)
 
@@ -176,9 +190,18 @@ class Settings:
     machine: Machine
     mode: Mode
 
+    def __post_init__(self) -> None:
+        check([(self.run.select == "last" or not (self.mode.resume or self.mode.eval_only),
+                "SELECT=best_on_test picks among the evaluations of one whole training: it does not go with "
+                "--resume or --eval_only")])
+
     @classmethod
     def from_constants(cls, constants: dict[str, Any]) -> Settings:
         return cls(*(bundle.from_constants(constants) for bundle in BUNDLES))
+
+    def seeded(self, seed: int) -> Settings:
+        """This run's settings for one of its SEEDS."""
+        return replace(self, training=replace(self.training, seed=seed))
 
     def record(self) -> dict[str, Any]:
         """config.json: the recorded bundles and the format they were written in."""

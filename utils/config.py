@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
+import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,6 +71,13 @@ class Bundle:
                 raise InputError(f"{where} lacks the setting {name}; it was not written by this project's main.py.")
         return cls(**values)
 
+    @classmethod
+    def element_types(cls) -> dict[str, type]:
+        """{NAME: element type} of the tuple fields, so that `--seeds=1,2` parses as integers even
+        though the constant's default, (), has no element to take the type from."""
+        return {name.upper(): typing.get_args(hint)[0] for name, hint in typing.get_type_hints(cls).items()
+                if typing.get_origin(hint) is tuple}
+
     def conflicts(self, recorded: Bundle, use: str) -> list[str]:
         """'NAME recorded -> asked' for each field that differs from `recorded` and may not for `use`."""
         return [f"{f.name.upper()} {getattr(recorded, f.name)!r} -> {getattr(self, f.name)!r}"
@@ -77,16 +85,17 @@ class Bundle:
                 if use not in f.metadata.get("may_differ", ()) and getattr(recorded, f.name) != getattr(self, f.name)]
 
 
-def parse_value(name: str, text: str, default: Any) -> Any:
-    """Convert `text` to the type of the constant's default value."""
+def parse_value(name: str, text: str, default: Any, element: type | None = None) -> Any:
+    """Convert `text` to the type of the constant's default value (a list's items to `element`,
+    else to the type of its first item)."""
     if isinstance(default, bool):
         if text.lower() in TRUE + FALSE:
             return text.lower() in TRUE
         raise InputError(f"--{name} expects True or False, got {text!r}.")
     if isinstance(default, (tuple, list)):
         items = [item.strip() for item in text.split(",") if item.strip()]
-        element = default[0] if default else ""
-        return tuple(parse_value(name, item, element) for item in items)
+        example = element() if element is not None else default[0] if default else ""
+        return tuple(parse_value(name, item, example) for item in items)
     if default is None or isinstance(default, str):
         return None if text.lower() == "none" else text
     try:
@@ -96,8 +105,10 @@ def parse_value(name: str, text: str, default: Any) -> Any:
         raise InputError(f"--{name} expects {kind}, got {text!r}.") from None
 
 
-def parse_overrides(constants: dict[str, Any], argv: list[str]) -> dict[str, Any]:
-    """The `--name=value` arguments as {NAME: value}, each of its constant's type.
+def parse_overrides(constants: dict[str, Any], argv: list[str], elements: dict[str, type] | None = None
+                    ) -> dict[str, Any]:
+    """The `--name=value` arguments as {NAME: value}, each of its constant's type (lists' items of
+    the type `elements` gives, Bundle.element_types).
 
     A bare `--name` sets a True/False constant to True. Lists are comma-separated.
     An unknown name, a name given twice or a value of the wrong type raises InputError.
@@ -115,7 +126,7 @@ def parse_overrides(constants: dict[str, Any], argv: list[str]) -> dict[str, Any
             if not isinstance(constants[key], bool):
                 raise InputError(f"--{name} needs a value: --{name}=...")
             text = "true"
-        overrides[key] = parse_value(name, text, constants[key])
+        overrides[key] = parse_value(name, text, constants[key], (elements or {}).get(key))
     return overrides
 
 

@@ -50,6 +50,13 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np
                 "aupro": pro.result(), "aupro_per_image": pro_per_image.result()}
 
 
+def selection_merit(values: dict[str, float]) -> float:
+    """What SELECT=best_on_test maximises over a training's evaluations on the test set: the mean of
+    image AU-ROC, pixel AU-ROC and per-image AU-PRO, as RD++'s release picks its best epoch
+    (DRD's release picks by image and pixel AU-ROC)."""
+    return (values["image_auroc"] + values["pixel_auroc"] + values["aupro_per_image"]) / 3
+
+
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """AU-ROC of image scores: labels (N,) in {0, 1}, 1 is anomalous; scores (N,)."""
     labels = np.asarray(labels)

@@ -61,13 +61,15 @@ PRESETS = {
         Row("ResNet50", {"BACKBONE": "resnet50"}, (98.7, 98.3, 95.0)),
         Row("WResNet50", {"BACKBONE": "wide_resnet50_2"}, (98.9, 98.4, 95.3)),
     )),
-    # RD4AD, MRKD and DRD under one protocol: the checkpoint after the last epoch, the same
+    # RD4AD, MRKD, DRD and RD++ under one protocol: the checkpoint after the last epoch, the same
     # seeds, the standard AU-PRO. Paper numbers: RD4AD as the MRKD paper reports it, DRD from
-    # its abstract (image and pixel AU-ROC only; its checkpoint was picked on the test set).
+    # its abstract (image and pixel AU-ROC only), RD++ from its paper (AU-PRO per image); DRD's
+    # and RD++'s checkpoints were picked on the test set.
     "family": Preset("The reverse-distillation family under one protocol", (
         Row("RD4AD", {"METHOD": "mrkd", "ILM": False, "FLM": False}, (98.5, 97.8, 93.9)),
         Row("MRKD", {"METHOD": "mrkd"}, (98.9, 98.4, 95.3)),
         Row("DRD", {"METHOD": "drd"}, (99.46, 98.39, None)),
+        Row("RD++", {"METHOD": "rdpp"}, (99.44, 98.25, 94.99)),
     )),
     # Fig. 11 gives its numbers only as a plot; the preset draws ours the same way.
     "fig11": Preset("Fig. 11: FLM masking ratio lambda", tuple(

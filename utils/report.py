@@ -28,12 +28,56 @@ def category_line(category: str, metrics: dict[str, float]) -> str:
     return line + (f"  threshold {score(metrics['threshold'])}" if "threshold" in metrics else "")
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value); NaN when any value is."""
+    if not values or any(math.isnan(value) for value in values):
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    spread = sum((value - mean) ** 2 for value in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(spread)
+
+
+def over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per category from its rows of several seeds (each with a "seed"), in the order
+    categories first appear: each metric's mean over the seeds, `<metric>_std` its sample
+    standard deviation, and `<metric>_seeds` the values in seed order (for the mean row)."""
+    by_category: dict[str, list[dict]] = {}
+    for row in rows:
+        by_category.setdefault(row["category"], []).append(row)
+    merged = []
+    for category, runs in by_category.items():
+        runs = sorted(runs, key=lambda row: row["seed"])
+        row = {"category": category, "seeds": ",".join(str(run["seed"]) for run in runs),
+               "status": "; ".join(dict.fromkeys(run["status"] for run in runs)),
+               "protocol": runs[0].get("protocol", "")}
+        for name in METRICS:
+            row[f"{name}_seeds"] = [run.get(name, math.nan) for run in runs]
+            row[name], row[f"{name}_std"] = mean_std(row[f"{name}_seeds"])
+        merged.append(row)
+    return merged
+
+
 def with_mean(rows: list[dict]) -> list[dict]:
-    """The rows and a 'mean' row over the categories where a metric is defined."""
-    mean = {"category": "mean", "status": ""}
+    """The rows and a 'mean' row over the categories where a metric is defined.
+
+    Rows of several seeds (over_seeds) give the mean row's spread over seeds: the mean over
+    categories is taken for each seed, then their mean and standard deviation. Rows of
+    different protocols (a result selected on the test set beside a fair one) are never
+    averaged together.
+    """
+    protocols = {row.get("protocol", "") for row in rows}
+    mean = {"category": "mean", "status": "", "protocol": next(iter(protocols)) if len(protocols) == 1 else ""}
+    if len(protocols) > 1:
+        return rows + [{**mean, **dict.fromkeys(METRICS, math.nan),
+                        "status": "not averaged: rows of different protocols"}]
     for name in METRICS:
-        values = [row[name] for row in rows if not math.isnan(row.get(name, math.nan))]
-        mean[name] = sum(values) / len(values) if values else math.nan
+        defined = [row for row in rows if not math.isnan(row.get(name, math.nan))]
+        if defined and all(f"{name}_seeds" in row for row in defined):
+            per_seed = [sum(seeds) / len(seeds) for seeds in zip(*(row[f"{name}_seeds"] for row in defined))]
+            mean[f"{name}_seeds"] = per_seed
+            mean[name], mean[f"{name}_std"] = mean_std(per_seed)
+        else:
+            mean[name] = sum(row[name] for row in defined) / len(defined) if defined else math.nan
     return rows + [mean]
 
 
@@ -54,7 +98,8 @@ def table(rows: list[dict], paper: dict[str, tuple] | None, mean: bool = True) -
         line = [row["category"]]
         for name in METRICS:
             ours = row.get(name, math.nan)
-            line.append(percent(ours))
+            spread = row.get(f"{name}_std")
+            line.append(percent(ours) + (f" ± {percent(spread)}" if spread is not None else ""))
             if paper is not None and name in PAPER_COLUMNS:
                 theirs = reported[PAPER_COLUMNS.index(name)]
                 line.append("-" if theirs is None else f"{theirs:.1f}")
@@ -62,7 +107,7 @@ def table(rows: list[dict], paper: dict[str, tuple] | None, mean: bool = True) -
                 line.append("-" if missing else f"{100 * ours - theirs:+.1f}")
         if mean:
             line.append(score(row.get("threshold")))
-        line.append(row.get("status", ""))
+        line.append("; ".join(part for part in (row.get("status", ""), row.get("protocol", "")) if part))
         cells.append(line)
     return header, cells
 
@@ -82,7 +127,10 @@ def write_tables(folder: Path, name: str, rows: list[dict], paper: dict[str, tup
     configurations, have neither.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    columns = ["category", *METRICS, *(["threshold"] if mean else []), "status"]
+    spread = any(f"{METRICS[0]}_std" in row for row in rows)
+    columns = ["category", *METRICS, *([f"{metric}_std" for metric in METRICS] + ["seeds"] if spread else []),
+               *(["threshold"] if mean else []), "status",
+               *(["protocol"] if any(row.get("protocol") for row in rows) else [])]
     write_csv(folder / f"{name}.csv", columns, with_mean(rows) if mean else rows)
     text = markdown(*table(rows, paper, mean))
     if note:

@@ -59,10 +59,14 @@ class RunFolders:
                                  f"inside --results_dir and --checkpoint_dir.")
         return folders
 
+    def seeded(self, seed: int) -> RunFolders:
+        """Where one seed of a run of several SEEDS writes: seed<k>/ inside each folder."""
+        return RunFolders(self.results / f"seed{seed}", self.checkpoints / f"seed{seed}")
+
     def written(self) -> bool:
         """A run exists once it has written a checkpoint or an evaluation (a run that only
         skipped categories, or failed before training, may be run again)."""
-        return any(self.checkpoints.glob("*.pt")) or any((self.results / "predictions").glob("*.npz"))
+        return any(self.checkpoints.glob("**/*.pt")) or any(self.results.glob("**/predictions/*.npz"))
 
     def config(self) -> dict | None:
         """The run's config.json, or None without one."""
