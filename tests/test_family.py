@@ -68,11 +68,11 @@ def test_drds_parts_combine_with_mrkd(tmp_path, demo_args, plain_mrkd, switch):
         assert not all(torch.equal(plain["student"][key], tensor) for key, tensor in switched["student"].items())
 
 
-def test_family_preset_puts_the_three_methods_side_by_side(tmp_path, demo_args):
+def test_family_preset_puts_the_four_methods_side_by_side(tmp_path, demo_args):
     assert main.main(demo_args("--experiment=family")) == 0
     run = tmp_path / "results" / "family"
     rows = read_rows(run / "family.csv")
-    assert [row["category"] for row in rows] == ["RD4AD", "MRKD", "DRD"]
+    assert [row["category"] for row in rows] == ["RD4AD", "MRKD", "DRD", "RD++"]
     assert all(row["status"] == "ok" and 0 <= float(row["aupro"]) <= 1 for row in rows)
     table = (run / "family.md").read_text()
     assert "| DRD |" in table and "99.5" in table and "98.9" in table  # each paper's numbers beside ours
@@ -81,6 +81,9 @@ def test_family_preset_puts_the_three_methods_side_by_side(tmp_path, demo_args):
     assert drd["config"]["BOTTLENECK"] == "mfcf" and drd["config"]["BATCH_SIZE"] == 4
     rd4ad = torch.load(tmp_path / "checkpoints" / "family" / "RD4AD" / "demo_texture.pt", weights_only=True)
     assert (rd4ad["config"]["ILM"], rd4ad["config"]["FLM"]) == (False, False)
+    rdpp = torch.load(tmp_path / "checkpoints" / "family" / "RD" / "demo_texture.pt", weights_only=True)
+    assert rdpp["config"]["LOSS"] == "rdpp" and rdpp["config"]["ACCUMULATE"] == 2 and rdpp["projection"]
+    assert "| RD++ |" in table and "99.4" in table and "95.0" in table  # RD++'s paper, AU-PRO per image
 
 
 def test_family_on_visa_leaves_the_paper_columns_empty(tmp_path, plain_args, visa_dir, monkeypatch):
@@ -96,3 +99,30 @@ def test_family_on_visa_leaves_the_paper_columns_empty(tmp_path, plain_args, vis
     assert main.main(plain_args(*family, "--run_name=on_mvtec")) == 0
     table = (tmp_path / "results" / "on_mvtec" / "family.md").read_text()
     assert "| paper | diff |" in table and "99.5" in table
+
+
+def test_best_on_test_selection_is_marked_and_picks_an_evaluated_epoch(tmp_path, demo_args):
+    assert main.main(demo_args("--select=best_on_test", "--eval_every=1", "--epochs=2", "--checkpoint_every=1")) == 0
+    row = read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]
+    assert row["protocol"] == "selected on the test set" and row["status"] in ("ok, epoch 1", "ok, epoch 2")
+    assert "selected on the test set" in (tmp_path / "results" / "demo" / "metrics.md").read_text()
+    # The checkpoint is the last epoch's, whichever epoch the selection reported.
+    assert torch.load(tmp_path / "checkpoints" / "demo" / "demo_texture.pt", weights_only=True)["epoch"] == 2
+
+
+def test_rdpp_epochs_per_category_replace_epochs_and_are_marked(tmp_path, plain_args, monkeypatch):
+    monkeypatch.setitem(main.RDPP_EPOCHS, "demo_texture", 2)
+    assert main.main(plain_args("--category_epochs=rdpp", "--epochs=1")) == 0
+    assert torch.load(tmp_path / "checkpoints" / "plain" / "demo_texture.pt", weights_only=True)["epoch"] == 2
+    assert read_rows(tmp_path / "results" / "plain" / "metrics.csv")[0]["protocol"] == "RD++'s epochs per category"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--select=best_on_test"], "SELECT=best_on_test picks among evaluations every EVAL_EVERY epochs"),
+    (["--select=best_on_test", "--eval_every=1", "--eval_only=True"], "does not go with --resume or --eval_only"),
+    (["--seeds=1,1"], "SEEDS must be distinct integers in [0, 2^32)."),
+    (["--method=rdpp", "--projection=False"], "LOSS=rdpp trains a projection on noisy images"),
+])
+def test_protocol_constants_are_checked(arguments, message, capsys):
+    assert main.main(arguments) == 1
+    assert message in capsys.readouterr().err
