@@ -25,7 +25,7 @@ from typing import Any
 # ---- constants (each names its source) -------------------------------------------------
 # Data
 DATA_DIR = "data/mvtec_anomaly_detection"  # where the dataset is unpacked
-DATASET = "mvtec"               # Sec. 4.1: "mvtec" (Tables 1-2), "mtd" (Table 3), "btad" (Table 4); or "visa" (VisA)
+DATASET = "mvtec"               # Sec. 4.1: "mvtec" (Tables 1-2), "mtd" (Table 3), "btad" (Table 4); "visa", "mvtec_ad_2"
 CATEGORIES = ()                 # categories to run; empty: every category of DATASET
 IMAGE_SIZE = 256                # Sec. 4.1: images resized to 256x256
 # Method
@@ -60,6 +60,8 @@ EVAL_EVERY = 0                  # also evaluate every N epochs (0: never): a dia
 SEEDS = ()                      # train and evaluate each category once per seed, tables as mean ± std; empty: SEED
 SELECT = "last"                 # "last": the checkpoint after the last epoch; "best_on_test": RD++'s and DRD's releases
 CATEGORY_EPOCHS = ""            # "rdpp": RD++'s release's epochs per category instead of EPOCHS
+THRESHOLD = "f1_test"           # decision threshold for new images: "f1_test" (F1-best on the test set, so labelled),
+                                # "normal" or "normal_mean_3std" (from normal images no training or test uses)
 # Running
 DEVICE = "auto"                 # "auto" (first CUDA GPU, else CPU), "cpu", "cuda", "cuda:1"
 WORKERS = 4                     # DataLoader workers doing the NSA synthesis
@@ -81,7 +83,8 @@ PARTIAL = False                 # let --eval_only and --predict use a checkpoint
 CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isupper()}
 
 # What --demo changes (other overrides still apply on top): small images, a few epochs and
-# random teacher weights, so the whole pipeline runs in minutes on a 2-core CPU, offline.
+# random teacher weights, so the whole pipeline runs in minutes on a 2-core CPU, offline. With
+# --dataset=visa or mvtec_ad_2 the demo data are written in that dataset's layout.
 DEMO_CONFIG = {"DATA_DIR": "results/demo_data", "DATASET": "mvtec", "CATEGORIES": ("demo_texture", "demo_object"),
                "IMAGE_SIZE": 64, "BACKBONE": "resnet18", "WEIGHTS": None, "EPOCHS": 20, "BATCH_SIZE": 8,
                "WORKERS": 0, "RUN_NAME": "demo"}
@@ -101,6 +104,10 @@ METHODS = {
     "rdpp": {"LOSS": "rdpp", "PROJECTION": True, "SYNTHESIS": "rdpp", "FLM": False, "ILM": True, "ALPHA": 1.0,
              "ACCUMULATE": 2},
 }
+
+# What each DATASET sets, before the command line's overrides: MVTec AD 2 ships normal validation
+# images, and its benchmark forbids choosing anything on the test set.
+DATASETS = {"mvtec_ad_2": {"THRESHOLD": "normal"}}
 # ----------------------------------------------------------------------------------------
 
 # cuBLAS repeats its results only with a fixed workspace; set before torch starts CUDA.
@@ -112,11 +119,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
-from dataset import CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker  # noqa: E402
+from dataset import (CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker,  # noqa: E402
+                     with_validation)
 from dataset.check import check_files  # noqa: E402
-from dataset.demo import make_demo_dataset  # noqa: E402
+from dataset.demo import DEMO_DATASETS  # noqa: E402
 from model.engine import (Diverged, Trainer, build, level1_features, load_weights, pick_device,  # noqa: E402
                           predict, read_trained, save_checkpoint, seed_everything, train_epoch)
+from model.evaluation import decide  # noqa: E402
 from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
 from model.methods import OBJECTIVES  # noqa: E402
@@ -253,17 +262,17 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
     started = time.perf_counter()
     values, scores, maps = evaluate_category(trainer, test_set, settings)
     print(f"{category} evaluated in {time.perf_counter() - started:.1f} s")
-    # The decision threshold for new images (--predict), chosen on the test set: the best F1 it allows.
-    threshold = metrics.f1_threshold(test_set.labels, scores)
+    # The decision threshold for new images (--predict), by THRESHOLD's rule, and what each rule costs.
+    decision = decide(trainer, settings, category, files, test_set.labels, scores, test_set.masks, maps,
+                      folders.results)
     anomalous = np.flatnonzero(test_set.labels == 1)
     examples = anomalous[np.linspace(0, len(anomalous) - 1, min(4, len(anomalous))).round().astype(int)]
     images = torch.stack([test_set[i][0] for i in examples])
     features = pca_project(*level1_features(model, images, device, training.seed))
     Predictions.of(category, scores, test_set.labels, [sample.defect for sample in test_set.samples], values,
-                   threshold, test_set.masks, maps, test_set.images, examples, *features
-                   ).save(folders.results / "predictions" / f"{category}.npz")
-    return {"category": category, **values, "threshold": threshold, "status": status,
-            "protocol": "; ".join(protocol)}
+                   decision["threshold"], decision["threshold_rule"], test_set.masks, maps, test_set.images, examples,
+                   *features).save(folders.results / "predictions" / f"{category}.npz")
+    return {"category": category, **values, **decision, "status": status, "protocol": "; ".join(protocol)}
 
 
 def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: dict[Path, Any]) -> None:
@@ -312,6 +321,8 @@ def run_categories(settings: Settings, folders: RunFolders, check_data: bool = T
     mine = ranks.share(work)
     # Every file of every category is found and decoded before any work.
     files = {category: category_files(settings.training.dataset, run.data_dir, category) for category in categories}
+    if settings.training.threshold != "f1_test":  # normal images for the threshold, held out where none ship
+        files = {category: with_validation(found) for category, found in files.items()}
     if check_data:
         ranks.agree(lambda: check_files({category: files[category] for category, _ in mine}))
     device = pick_device(settings.machine.device, ranks.local_rank)
@@ -366,14 +377,14 @@ def run(overrides: dict[str, Any]) -> list[dict[str, Any]]:
     new images scored by a trained run."""
     if overrides.get("PREDICT"):
         return predict_run(recorded(CONSTANTS, overrides))
-    settings = resolve(CONSTANTS, DEMO_CONFIG, METHODS, overrides)
+    settings = resolve(CONSTANTS, DEMO_CONFIG, METHODS, DATASETS, overrides)
     folders = settings.run.folders()
     if settings.run.demo:
-        make_demo_dataset(Path(settings.run.data_dir))
+        DEMO_DATASETS[settings.training.dataset](Path(settings.run.data_dir))
     if not settings.run.experiment:
         return run_categories(settings, folders)
     name = settings.run.experiment
-    rows = [resolve(CONSTANTS, DEMO_CONFIG, METHODS, overrides,
+    rows = [resolve(CONSTANTS, DEMO_CONFIG, METHODS, DATASETS, overrides,
                     {**row.constants, "EXPERIMENT": "", "RUN_NAME": slug(row.label)}) for row in PRESETS[name].rows]
     return run_experiment(name, rows, folders, run_categories)
 

@@ -305,3 +305,7 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 def _save(array: np.ndarray, path: Path, **options) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, **options)
+
+
+# --demo's data in each dataset's layout, written where DATA_DIR points (main.py).
+DEMO_DATASETS = {"mvtec": make_demo_dataset, "visa": make_demo_visa, "mvtec_ad_2": make_demo_mvtec_ad_2}

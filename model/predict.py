@@ -73,7 +73,7 @@ def predict_category(settings: Settings, category: str, reference: Predictions, 
                              f"with --partial=True.")
         partial = f" (partial: epoch {trained.epoch} of {trained.training.epochs})"
     load_weights(model, trained, checkpoint)
-    threshold = reference.threshold
+    threshold, chosen = reference.threshold, metrics.RULE_LABELS[reference.threshold_rule]
     low, high = float(reference.scores.min()), float(reference.scores.max())
     scale = (float(reference.example_maps.min()), float(reference.example_maps.max()))  # as Fig. 7's
     folder = folders.results / "predict" / category
@@ -92,18 +92,18 @@ def predict_category(settings: Settings, category: str, reference: Predictions, 
                 path = files[int(indices[k])]
                 anomalous = bool(score >= threshold)
                 rows.append({"path": str(path), "score": float(score), "normalized_score": float(normal_score),
-                             "anomalous": anomalous})
+                             "anomalous": anomalous, "threshold": threshold, "threshold_chosen": chosen})
                 title = (f"{path.name}: score {score:.4g} (normalized {normal_score:.2f}), "
-                         f"{'anomalous' if anomalous else 'normal'}{partial}")
+                         f"{'anomalous' if anomalous else 'normal'}{partial}\nthreshold {threshold:.4g} {chosen}")
                 overlay = folder / path.relative_to(root).parent / f"{path.name}.png"
                 figure_overlay(pixels[k].numpy(), anomaly_map, scale, title, overlay)
         bar.update(len(problems))
     bar.close()
     table = folders.results / "predict" / f"{category}.csv"
-    write_csv(table, ["path", "score", "normalized_score", "anomalous"], rows)
+    write_csv(table, ["path", "score", "normalized_score", "anomalous", "threshold", "threshold_chosen"], rows)
     flagged = sum(row["anomalous"] for row in rows)
-    tqdm.write(f"{category}: {len(rows)} images scored{partial}, {flagged} anomalous (score >= {threshold:.4g}); "
-               f"{table}, overlays in {folder}")
+    tqdm.write(f"{category}: {len(rows)} images scored{partial}, {flagged} anomalous (score >= {threshold:.4g}, "
+               f"{chosen}); {table}, overlays in {folder}")
     return unreadable
 
 

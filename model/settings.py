@@ -24,6 +24,7 @@ from model.methods import BOTTLENECKS, IMAGE_SCORES, OBJECTIVES
 from model.teacher import check_backbone
 from utils.config import FORMAT, Bundle, check, setting
 from utils.errors import InputError
+from utils.metrics import THRESHOLD_RULES
 from utils.presets import PRESETS
 from utils.runs import RunFolders, check_run_name
 
@@ -54,6 +55,7 @@ class Training(Bundle):
     weight_decay: float = setting(since=0.0)
     seed: int
     fast: bool = setting(may_differ=("evaluate", "predict"))
+    threshold: str = setting(since="f1_test")  # its normal rules hold training images out (THRESHOLD_RULES)
 
     def __post_init__(self) -> None:
         check([
@@ -75,6 +77,7 @@ class Training(Bundle):
             (self.accumulate >= 1, "ACCUMULATE must be at least 1"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "BETAS must be two numbers in [0, 1)"),
             (0 <= self.seed < 2**32, "SEED must be an integer in [0, 2^32)"),
+            (self.threshold in THRESHOLD_RULES, f"THRESHOLD must be one of {', '.join(THRESHOLD_RULES)}"),
         ])
         check_backbone(self.backbone)
 
@@ -216,14 +219,18 @@ class Settings:
 
 
 def resolve(constants: dict[str, Any], demo: dict[str, Any], methods: dict[str, dict[str, Any]],
-            overrides: dict[str, Any], row: dict[str, Any] | None = None) -> Settings:
-    """main.py's constants, then `demo` (with --demo), the METHOD's, the command line's overrides, and
-    last an experiment row's (so a row is what its table says)."""
+            datasets: dict[str, dict[str, Any]], overrides: dict[str, Any], row: dict[str, Any] | None = None
+            ) -> Settings:
+    """main.py's constants, then `demo` (with --demo), the METHOD's, the DATASET's, the command line's
+    overrides, and last an experiment row's (so a row is what its table says)."""
     row = row or {}
     method = {**constants, **overrides, **row}["METHOD"]
     check([(method in methods, f"METHOD must be one of {', '.join(methods)}")])
     demo = demo if {**constants, **overrides}["DEMO"] else {}
-    resolved = {**constants, **demo, **methods[method], **overrides, **row}
+    dataset = {**constants, **demo, **methods[method], **overrides, **row}["DATASET"]
+    if demo and dataset != demo["DATASET"]:  # the demo data of another dataset's layout, in a folder of its own
+        demo = {**demo, "DATA_DIR": f"{demo['DATA_DIR']}_{dataset}"}
+    resolved = {**constants, **demo, **methods[method], **datasets.get(dataset, {}), **overrides, **row}
     if resolved["EXPERIMENT"] and "RUN_NAME" not in overrides:
         resolved["RUN_NAME"] = resolved["EXPERIMENT"]  # results/<preset>/ unless named
     return Settings.from_constants(resolved)

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 from sklearn.metrics import f1_score
 
+import main
 from dataset import demo, folders
 from dataset.check import check_files
 from dataset.folders import category_files
 from dataset.images import load_mask
+from tests.helpers import read_rows
 from tests.test_metrics import random_set, slow_aupro
 from utils.errors import InputError
 from utils.metrics import MVTEC_AD_2_FPR_LIMIT, MVTEC_AD_2_METRICS, mvtec_ad_2_metrics
@@ -138,3 +141,25 @@ def test_seg_f1_hand_case():
     # TP 1, FP 1, FN 1: F1 = 2 / (2 + 1 + 1).
     assert mvtec_ad_2_metrics(masks, maps, 0.5)["seg_f1"] == 0.5
     assert mvtec_ad_2_metrics(masks, maps, 2.0)["seg_f1"] == 0.0
+
+
+def test_a_demo_in_mvtec_ad_2s_layout_trains_evaluates_and_writes_the_submission(tmp_path, demo_args, capsys):
+    assert main.main(demo_args("--dataset=mvtec_ad_2", f"--data_dir={tmp_path}/ad2", "--categories=demo_object")) == 0
+    run = tmp_path / "results" / "demo"
+    row = read_rows(run / "metrics.csv")[0]
+    # Its threshold is chosen on the validation images by default; every rule's F1 is reported beside it.
+    assert row["threshold_rule"] == "normal" and float(row["threshold"]) == float(row["threshold_normal"])
+    assert all(0 <= float(row[f"f1_{rule}"]) <= 1 for rule in ("f1_test", "normal", "normal_mean_3std"))
+    assert 0 <= float(row["aupro_005"]) <= 1 and 0 <= float(row["seg_f1"]) <= 1
+    table = (run / "metrics.md").read_text()
+    assert "| aupro_005 | seg_f1 |" in table and "chosen on normal images (above their highest score)" in table
+    files = category_files("mvtec_ad_2", tmp_path / "ad2", "demo_object")
+    for split, images in files.private.items():
+        maps = sorted((run / "submission" / "anomaly_images" / "demo_object" / split).iterdir())
+        binary = sorted((run / "submission" / "anomaly_images_thresholded" / "demo_object" / split).iterdir())
+        assert [path.stem for path in maps] == [path.stem for path in binary] == sorted(path.stem for path in images)
+        assert tifffile.imread(maps[0]).dtype == np.float16
+        assert set(np.unique(np.asarray(Image.open(binary[0])))) <= {0, 255}
+    # Evaluating again replaces this run's own submission of the category.
+    assert main.main(demo_args("--dataset=mvtec_ad_2", f"--data_dir={tmp_path}/ad2", "--categories=demo_object",
+                               "--eval_only=True")) == 0

@@ -11,6 +11,8 @@ from dataset import folders
 from dataset.folders import CategoryFiles, TestSample, category_files, hold_out, with_validation
 from tests.test_datasets import _mtd
 from utils.errors import InputError
+import main
+from tests.helpers import read_rows
 from utils.metrics import (NORMAL_STDS, THRESHOLD_RULES, decision_thresholds, f1_at, f1_threshold,
                            mean_std_threshold, normal_threshold, threshold_row)
 
@@ -116,10 +118,22 @@ def test_decision_thresholds_and_their_costs():
     normal_scores = np.array([0.2, 0.3])  # held-out normal images
     thresholds = decision_thresholds(labels, scores, normal_scores)
     assert tuple(thresholds) == THRESHOLD_RULES
-    assert thresholds == {"f1_test": 0.4, "normal_max": np.nextafter(0.3, 1.0),
+    assert thresholds == {"f1_test": 0.4, "normal": np.nextafter(0.3, 1.0),
                           "normal_mean_3std": pytest.approx(0.25 + 3 * 0.05)}
-    row = threshold_row(labels, scores, {"f1_test": 0.4, "normal_max": np.nextafter(0.3, 1.0)})
+    row = threshold_row(labels, scores, {"f1_test": 0.4, "normal": np.nextafter(0.3, 1.0)})
     # Both call 0.45, 0.4, 0.6, 0.9 anomalous: TP 3, FP 1, FN 0.
     assert row == pytest.approx({"threshold_f1_test": 0.4, "f1_f1_test": 6 / 7, "precision_f1_test": 0.75,
-                                 "recall_f1_test": 1.0, "threshold_normal_max": np.nextafter(0.3, 1.0),
-                                 "f1_normal_max": 6 / 7, "precision_normal_max": 0.75, "recall_normal_max": 1.0})
+                                 "recall_f1_test": 1.0, "threshold_normal": np.nextafter(0.3, 1.0),
+                                 "f1_normal": 6 / 7, "precision_normal": 0.75, "recall_normal": 1.0})
+
+
+def test_a_threshold_on_held_out_normal_images_costs_what_metrics_csv_says(tmp_path, demo_args):
+    assert main.main(demo_args("--threshold=normal")) == 0
+    row = read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]
+    assert row["threshold_rule"] == "normal" and row["threshold"] == row["threshold_normal"]
+    assert {f"f1_{rule}" for rule in THRESHOLD_RULES} <= set(row)
+    assert "f1_normal" in (tmp_path / "results" / "demo" / "metrics.md").read_text()
+    assert main.main(demo_args("--run_name=tested")) == 0
+    row = read_rows(tmp_path / "results" / "tested" / "metrics.csv")[0]
+    assert row["threshold_rule"] == "f1_test" and "threshold_normal" not in row
+    assert "chosen on the test set (F1-best)" in (tmp_path / "results" / "tested" / "metrics.md").read_text()

@@ -105,19 +105,27 @@ def normalized_scores(scores: np.ndarray, threshold: float, low: float, high: fl
 # anomalous. Only f1_test sees test labels, so only the other two are fit to report as a method's
 # working point; f1_test shows what the best possible threshold would give.
 #   f1_test           f1_threshold on the test set: the F1-best t.
-#   normal_max        normal_threshold: just above the highest score of normal images that neither
+#   normal            normal_threshold: just above the highest score of normal images that neither
 #                     training nor testing uses (CategoryFiles.validation).
 #   normal_mean_3std  mean_std_threshold of the same scores: their mean + NORMAL_STDS standard
 #                     deviations, the baseline MVTec suggests for binarizing MVTec AD 2's maps
 #                     (check_and_prepare_data_for_upload.py of its public code).
-THRESHOLD_RULES = ("f1_test", "normal_max", "normal_mean_3std")
+THRESHOLD_RULES = ("f1_test", "normal", "normal_mean_3std")
+# How each rule is named wherever its threshold is used (metrics.md, --predict's CSV and overlays, the export).
+RULE_LABELS = {"f1_test": "chosen on the test set (F1-best)",
+               "normal": "chosen on normal images (above their highest score)",
+               "normal_mean_3std": "chosen on normal images (their mean + 3 std)"}
 NORMAL_STDS = 3.0
 
 
-def decision_thresholds(labels: np.ndarray, scores: np.ndarray, normal_scores: np.ndarray) -> dict[str, float]:
-    """The threshold of every rule of THRESHOLD_RULES: labels (N,) and scores (N,) of the test set,
-    normal_scores (M,) of normal images that neither training nor testing uses."""
-    return {"f1_test": f1_threshold(labels, scores), "normal_max": normal_threshold(normal_scores),
+def decision_thresholds(labels: np.ndarray, scores: np.ndarray, normal_scores: np.ndarray | None
+                        ) -> dict[str, float]:
+    """The threshold of every rule of THRESHOLD_RULES that the data allows: labels (N,) and scores
+    (N,) of the test set, normal_scores (M,) of normal images that neither training nor testing
+    uses (None where there are none: f1_test alone)."""
+    if normal_scores is None:
+        return {"f1_test": f1_threshold(labels, scores)}
+    return {"f1_test": f1_threshold(labels, scores), "normal": normal_threshold(normal_scores),
             "normal_mean_3std": mean_std_threshold(normal_scores)}
 
 

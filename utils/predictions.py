@@ -23,7 +23,8 @@ class Predictions:
     metrics_names: np.ndarray     # (4,) str: image_auroc, pixel_auroc, aupro, aupro_per_image
     metrics_values: np.ndarray    # (4,) float64, fractions
     threshold: float | None       # the image score at and above which an image is anomalous; None: an
-                                  # evaluation older than thresholds (utils.metrics.f1_threshold)
+                                  # evaluation older than thresholds
+    threshold_rule: str           # how it was chosen (utils.metrics.THRESHOLD_RULES)
     pixel_fpr: np.ndarray         # (P,) float32, the pixel ROC curve (utils.metrics.roc_curve)
     pixel_tpr: np.ndarray         # (P,) float32
     example_index: np.ndarray     # (k,) int64 into the test set
@@ -35,13 +36,13 @@ class Predictions:
 
     @classmethod
     def of(cls, category: str, scores: np.ndarray, labels: np.ndarray, defects: list[str], values: dict[str, float],
-           threshold: float, masks: np.ndarray, maps: np.ndarray, images: np.ndarray, examples: np.ndarray,
+           threshold: float, threshold_rule: str, masks: np.ndarray, maps: np.ndarray, images: np.ndarray, examples: np.ndarray,
            feature_input: np.ndarray, feature_restored: np.ndarray) -> Predictions:
         """The record of an evaluation: every test image's score, and the examples kept whole
         (masks (N, S, S), maps (N, S, S), images (N, S, S, 3); examples (k,) indices)."""
         pixel_fpr, pixel_tpr = roc_curve(masks.ravel(), maps.ravel())
         return cls(category, scores, labels, np.array(defects), np.array(list(values)),
-                   np.array(list(values.values())), threshold, pixel_fpr, pixel_tpr, examples, images[examples],
+                   np.array(list(values.values())), threshold, threshold_rule, pixel_fpr, pixel_tpr, examples, images[examples],
                    masks[examples], maps[examples], feature_input, feature_restored)
 
     @property
@@ -60,4 +61,5 @@ class Predictions:
             values = {name: data[name].item() if data[name].ndim == 0 else data[name] for name in data.files}
         threshold = values.get("threshold")
         values["threshold"] = None if threshold is None or np.isnan(threshold) else threshold
+        values.setdefault("threshold_rule", "f1_test")  # the only rule before rules were recorded
         return cls(**{f.name: values[f.name] for f in fields(cls)})

@@ -7,10 +7,16 @@ import math
 import os
 from pathlib import Path
 
-from utils.metrics import METRICS
+from utils.metrics import METRICS, MVTEC_AD_2_METRICS, RULE_LABELS, THRESHOLD_RULES
 # Which of our metrics each of the paper's three numbers is comparable with
 # (the paper's AU-PRO was computed per image by the authors' code).
 PAPER_COLUMNS = ("image_auroc", "pixel_auroc", "aupro_per_image")
+# What each decision rule that was computed costs on the test set, and MVTec AD 2's own metrics:
+# columns of metrics.csv where a row has them; the Markdown table shows F1 at each threshold and
+# the benchmark's metrics.
+DECISION_COLUMNS = tuple(f"{kind}_{rule}" for rule in THRESHOLD_RULES for kind in ("threshold", "f1", "precision",
+                                                                                   "recall"))
+SHOWN_COLUMNS = tuple(f"f1_{rule}" for rule in THRESHOLD_RULES) + MVTEC_AD_2_METRICS
 
 
 def percent(value: float | None) -> str:
@@ -91,6 +97,8 @@ def table(rows: list[dict], paper: dict[str, tuple] | None, mean: bool = True) -
         header.append(name)
         if paper is not None and name in PAPER_COLUMNS:
             header += ["paper", "diff"]
+    shown = [name for name in SHOWN_COLUMNS if any(name in row for row in rows)]
+    header += shown
     header += ["threshold", "status"] if mean else ["status"]
     cells = []
     for row in with_mean(rows) if mean else rows:
@@ -105,6 +113,7 @@ def table(rows: list[dict], paper: dict[str, tuple] | None, mean: bool = True) -
                 line.append("-" if theirs is None else f"{theirs:.1f}")
                 missing = theirs is None or math.isnan(ours)
                 line.append("-" if missing else f"{100 * ours - theirs:+.1f}")
+        line += [percent(row.get(name)) for name in shown]
         if mean:
             line.append(score(row.get("threshold")))
         line.append("; ".join(part for part in (row.get("status", ""), row.get("protocol", "")) if part))
@@ -128,11 +137,15 @@ def write_tables(folder: Path, name: str, rows: list[dict], paper: dict[str, tup
     """
     folder.mkdir(parents=True, exist_ok=True)
     spread = any(f"{METRICS[0]}_std" in row for row in rows)
+    extra = [name for name in ("threshold_rule", *DECISION_COLUMNS, *MVTEC_AD_2_METRICS) if any(name in row for row in rows)]
     columns = ["category", *METRICS, *([f"{metric}_std" for metric in METRICS] + ["seeds"] if spread else []),
-               *(["threshold"] if mean else []), "status",
+               *(["threshold"] if mean else []), *extra, "status",
                *(["protocol"] if any(row.get("protocol") for row in rows) else [])]
     write_csv(folder / f"{name}.csv", columns, with_mean(rows) if mean else rows)
     text = markdown(*table(rows, paper, mean))
+    rules = dict.fromkeys(row["threshold_rule"] for row in rows if "threshold_rule" in row)
+    if mean and rules:
+        note = " ".join([f"Decision threshold {', '.join(RULE_LABELS[rule] for rule in rules)}.", note]).strip()
     if note:
         text += "\n" + note + "\n"
     write_atomically(folder / f"{name}.md", text)
