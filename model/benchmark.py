@@ -55,13 +55,13 @@ from utils.config import read_constants
 
 # main.py's constants, read without running main.py.
 MAIN = read_constants(Path(__file__).resolve().parent.parent / "main.py")
-DEMO_CONFIG, METHODS = MAIN.pop("DEMO_CONFIG"), MAIN.pop("METHODS")
+DEMO_CONFIG, METHODS, DATASETS = MAIN.pop("DEMO_CONFIG"), MAIN.pop("METHODS"), MAIN.pop("DATASETS")
 CONSTANTS = MAIN
 
 
 def settings_for(**overrides) -> Settings:
     """main.py's settings with these constants changed."""
-    return resolve(CONSTANTS, DEMO_CONFIG, METHODS, overrides)
+    return resolve(CONSTANTS, DEMO_CONFIG, METHODS, DATASETS, overrides)
 
 VARIANTS = {"a": "(a) authors", "b": "(b) faithful", "c": "(c) fast", "d": "(d) (b) not determ."}
 

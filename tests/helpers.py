@@ -1,5 +1,8 @@
 """Helpers shared by the tests: models and settings with main.py's constants, reading result tables."""
 import csv
+import json
+
+import torch
 
 import main
 from model.methods import build_model
@@ -21,7 +24,7 @@ def through(model, images, augmented=None, draws=None):
 
 def settings_of(overrides=None, row=None):
     """main.py's settings with these overrides (and an experiment row's constants)."""
-    return resolve(main.CONSTANTS, main.DEMO_CONFIG, main.METHODS, overrides or {}, row)
+    return resolve(main.CONSTANTS, main.DEMO_CONFIG, main.METHODS, main.DATASETS, overrides or {}, row)
 
 
 def read_rows(path):
@@ -33,3 +36,19 @@ def read_rows(path):
 def error_message(err):
     """What main.py printed last on stderr, after any progress bar (tqdm redraws with \\r)."""
     return err.split("\r")[-1]
+
+
+# Settings added after runs were first written (each declares the value earlier runs were made
+# with), and the run format itself: a run written before them lacks these keys.
+LATER_KEYS = ("FORMAT", "LOSS", "PROJECTION", "PROJECTION_LEARNING_RATE", "ACCUMULATE", "THRESHOLD", "SEEDS",
+              "SELECT", "CATEGORY_EPOCHS")
+
+
+def as_written_before(results, checkpoints):
+    """Rewrite a run's config.json and checkpoints as a version of the code before LATER_KEYS wrote them."""
+    config = results / "config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k not in LATER_KEYS}))
+    for path in checkpoints.glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        state["config"] = {k: v for k, v in state["config"].items() if k not in LATER_KEYS}
+        torch.save(state, path)

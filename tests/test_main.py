@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 import main
-from dataset import category_files
+from dataset import category_files, make_demo_dataset
 from model.methods import OBJECTIVES
-from tests.helpers import error_message, read_rows, settings_of
+from tests.helpers import as_written_before, error_message, read_rows, settings_of
 from utils import metrics
 from utils.config import parse_overrides
 from utils.predictions import Predictions
@@ -32,7 +32,7 @@ def test_overrides_follow_the_type_of_each_constant():
 
 
 @pytest.mark.parametrize("argument, message", [
-    ("--epoch=3", "Unknown option '--epoch=3'; valid options are --alpha, --backbone"),
+    ("--epoch=3", "Unknown option '--epoch=3'; valid options are --accumulate, --alpha, --backbone"),
     ("--epochs=abc", "--epochs expects an integer, got 'abc'."),
     ("--ilm=maybe", "--ilm expects True or False, got 'maybe'."),
     ("--epochs", "--epochs needs a value: --epochs=..."),
@@ -40,7 +40,7 @@ def test_overrides_follow_the_type_of_each_constant():
     ("--score_levels=0,4", "SCORE_LEVELS must be a non-empty subset of 1,2,3."),
     ("--backbone=vgg16", "Unknown backbone 'vgg16'"),
     ("--dataset=imagenet", "DATASET must be one of mvtec, btad, mtd"),
-    ("--method=patchcore", "METHOD must be one of mrkd, drd."),
+    ("--method=patchcore", "METHOD must be one of mrkd, drd, rdpp."),
     ("--experiment=table9", "EXPERIMENT must be one of table3"),
 ])
 def test_bad_constants_give_one_clear_sentence(argument, message, capsys):
@@ -105,7 +105,8 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     assert f"checkpoints in {tmp_path / 'checkpoints' / 'demo'}" in out and "no NSA constants" not in out
     rows = read_rows(run / "metrics.csv")
     assert [row["category"] for row in rows] == ["demo_texture", "mean"]
-    assert list(rows[0]) == ["category", *METRIC_NAMES, "threshold", "status"]
+    assert list(rows[0]) == ["category", *METRIC_NAMES, "threshold", "threshold_rule", "threshold_f1_test", "f1_f1_test",
+                             "precision_f1_test", "recall_f1_test", "status"]
     assert all(0 <= float(rows[0][name]) <= 1 for name in METRIC_NAMES)
     assert json.loads((run / "config.json").read_text())["EPOCHS"] == 1
     assert (run / "metrics.md").read_text().startswith("| category |")
@@ -119,7 +120,9 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     assert checkpoint["epoch"] == 1 and checkpoint["config"]["BACKBONE"] == "resnet18" and checkpoint["config"]["FORMAT"] == 2
     assert set(checkpoint) == {"bottleneck", "student", "generators", "epoch", "config"}
 
-    # Evaluating the saved checkpoint again gives exactly the same numbers (seeded FLM masks).
+    # Evaluating the saved checkpoint again gives exactly the same numbers (seeded FLM masks), also
+    # when the run was written by an earlier version of the code, without the settings added since.
+    as_written_before(run, tmp_path / "checkpoints" / "demo")
     assert main.main(demo_args("--eval_only=True", "--figures=True")) == 0
     assert read_rows(run / "metrics.csv") == rows
 
@@ -146,7 +149,7 @@ def test_a_run_never_silently_replaces_another(tmp_path, monkeypatch):
                                                                 f"--checkpoint_dir={tmp_path}/checkpoints", *arguments]))
         lock = RunLock(tmp_path / "checkpoints" / name, name)
         try:
-            main.claim(settings, settings.run.folders(), lock)
+            main.claim(settings, settings.run.folders(), lock, {})
         finally:
             lock.release()
 
@@ -172,7 +175,7 @@ def test_a_run_never_silently_replaces_another(tmp_path, monkeypatch):
     assert (tmp_path / "results" / "mine" / "predictions" / "other.npz").exists()
     assert (tmp_path / "checkpoints" / "mine" / "other.pt").exists()
     claim("mine", "--overwrite=True")  # replaces the whole run: no category of the old one is left
-    assert list((tmp_path / "results" / "mine").rglob("*.*")) == []
+    assert list((tmp_path / "results" / "mine").rglob("*.*")) == [tmp_path / "results" / "mine" / "config.json"]
     assert not (tmp_path / "checkpoints" / "mine").exists()
     # Nothing left aside, no lock file left behind.
     assert sorted(path.name for path in (tmp_path / "results").iterdir()) == ["demo", "mine"]
@@ -229,6 +232,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, demo_a
     err = error_message(capsys.readouterr().err)
     assert "ALPHA 1.0 -> 0.5; LEARNING_RATE 0.005 -> 0.01" in err and err.count("\n") == 1
 
+    as_written_before(tmp_path / "results" / "split", tmp_path / "checkpoints" / "split")  # an earlier version's run
     assert main.main(demo_args("--run_name=split", "--resume=True", *common)) == 0
     straight, split = (torch.load(tmp_path / "checkpoints" / name / "demo_texture.pt", weights_only=True)
                        for name in ("straight", "split"))
@@ -264,7 +268,7 @@ def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path
 
 def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp_path, demo_args, capsys):
     data = tmp_path / "data"
-    main.make_demo_dataset(data)
+    make_demo_dataset(data)
     for defect in (data / "demo_texture" / "test").iterdir():
         if defect.name != "good":
             shutil.rmtree(defect)  # the demo data is not regenerated: its version marker is there
@@ -298,7 +302,8 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     assert err.startswith(f"error: Cannot read image {broken} (") and err.count("\n") == 1
     table = run / "predict" / "demo_object.csv"
     rows = read_rows(table)
-    assert list(rows[0]) == ["path", "score", "normalized_score", "anomalous"]
+    assert list(rows[0]) == ["path", "score", "normalized_score", "anomalous", "threshold", "threshold_chosen"]
+    assert {row["threshold_chosen"] for row in rows} == {"chosen on the test set (F1-best)"}
     assert [row["path"] for row in rows] == [str(path) for path in sorted(chosen)]
     # Scored as the test set was: the same checkpoint, settings and per-image FLM masks, up to
     # the float noise of convolutions on batches of another size (1.2e-4 seen on an H100 with
@@ -314,8 +319,10 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     for overlay in ("a/000.png.png", "b/IMG.PNG.png", "b/c/scan.bmp.png"):
         assert (run / "predict" / "demo_object" / overlay).read_bytes()[:4] == b"\x89PNG"
 
-    # Every call gives the same scores; one image alone scores as it did among the others.
+    # Every call gives the same scores, also on a run written by an earlier version; one image alone
+    # scores as it did among the others.
     broken.unlink()
+    as_written_before(run, tmp_path / "checkpoints" / "demo")
     assert main.main([*predict, f"--predict={new}"]) == 0
     assert read_rows(table) == rows
     single = new / "b" / "IMG.PNG"
