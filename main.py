@@ -188,7 +188,11 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
                   f"({time.perf_counter() - started:.1f} s)")
         last = epoch + 1 == training.epochs
         if (epoch + 1) % run.checkpoint_every == 0 or last:
-            save_checkpoint(checkpoint, trainer.model, None if last else trainer.optimizer, epoch + 1, training)
+            try:
+                save_checkpoint(checkpoint, trainer.model, None if last else trainer.optimizer, epoch + 1, training)
+            except InputError:  # a full disk, say: the message, not the bar, is the last line
+                bar.close()
+                raise
         if run.eval_every and (epoch + 1) % run.eval_every == 0 and (run.select == "best_on_test" or not last):
             values = evaluate()
             if run.select == "last":
