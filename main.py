@@ -116,12 +116,12 @@ from dataset import CategoryFiles, EpochSampler, TestImages, TrainImages, catego
 from dataset.check import check_files  # noqa: E402
 from dataset.demo import make_demo_dataset  # noqa: E402
 from model.engine import (Diverged, Trainer, build, level1_features, load_weights, pick_device,  # noqa: E402
-                          predict, read_trained, save_checkpoint, seed_everything, train_epoch)
+                          Trained, predict, read_trained, save_checkpoint, seed_everything, train_epoch)
 from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
 from model.methods import OBJECTIVES  # noqa: E402
 from model.predict import predict_run  # noqa: E402
-from model.settings import BUNDLES, Settings, recorded, resolve  # noqa: E402
+from model.settings import BUNDLES, Settings, Training, recorded, resolve  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import described_constants, parse_overrides  # noqa: E402
 from utils.errors import InputError  # noqa: E402
@@ -148,10 +148,7 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
     checkpoint = folders.checkpoints / f"{category}.pt"
     start = 0
     if settings.mode.resume and checkpoint.exists():
-        trained = read_trained(checkpoint, trainer.device, training, "resume")
-        if trained.epoch < training.epochs and "optimizer" not in trained.state:
-            raise InputError(f"{checkpoint} holds a finished training ({trained.epoch} epochs) without its optimiser "
-                             f"state; train a new run to go on to {training.epochs} epochs.")
+        trained = resumable(checkpoint, trainer.device, training)
         load_weights(trainer.model, trained, checkpoint)
         start = trained.epoch
         if start < training.epochs:
@@ -207,6 +204,16 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
     return best[1]
 
 
+def resumable(checkpoint: Path, device: torch.device, training: Training) -> Trained:
+    """The checkpoint a resume goes on from, refused with one sentence when it cannot: other
+    Training settings, or a finished training (its optimiser state dropped) asked for more epochs."""
+    trained = read_trained(checkpoint, device, training, "resume")
+    if trained.epoch < training.epochs and "optimizer" not in trained.state:
+        raise InputError(f"{checkpoint} holds a finished training ({trained.epoch} epochs) without its optimiser "
+                         f"state; train a new run to go on to {training.epochs} epochs.")
+    return trained
+
+
 def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
                       ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
@@ -218,6 +225,14 @@ def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
     return metrics.evaluate(test_set.labels, scores, test_set.masks, maps), scores, maps
 
 
+def category_settings(settings: Settings, category: str) -> Settings:
+    """A category's settings: with CATEGORY_EPOCHS=rdpp, the epochs RD++'s release trains it for."""
+    if not settings.run.category_epochs:
+        return settings
+    return replace(settings, training=replace(settings.training,
+                                              epochs=RDPP_EPOCHS.get(category, settings.training.epochs)))
+
+
 def run_category(settings: Settings, category: str, files: CategoryFiles, device: torch.device,
                  folders: RunFolders) -> dict[str, Any]:
     """Build, train (or load), evaluate after the last epoch, save predictions; returns the table row."""
@@ -227,9 +242,8 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
             print(f"{category}: skipped, its test set holds no {kind} image to evaluate on.")
             return {"category": category, "status": f"no {kind} test image"}
     protocol = ["RD++'s epochs per category"] if settings.run.category_epochs else []  # marks of a published one
-    if settings.run.category_epochs:
-        training = replace(training, epochs=RDPP_EPOCHS.get(category, training.epochs))
-        settings = replace(settings, training=training)
+    settings = category_settings(settings, category)
+    training = settings.training
     seed_everything(training.seed)  # a fresh seed per category: results do not depend on the loop order
     model, execution = build(training, settings.machine, device)
     trainer = Trainer.of(model, OBJECTIVES[training.loss], execution, device, training)
@@ -296,7 +310,7 @@ def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: d
     if mode.resume:
         for checkpoint, training in checkpoints.items():
             if checkpoint.exists():
-                read_trained(checkpoint, torch.device("cpu"), training, "resume")
+                resumable(checkpoint, torch.device("cpu"), training)
     make_folder(folders.results)
     if mode.use in (None, "resume"):
         write_atomically(folders.results / "config.json", json.dumps(settings.record(), indent=2) + "\n")
@@ -330,8 +344,8 @@ def run_categories(settings: Settings, folders: RunFolders, check_data: bool = T
 
     try:
         places = {seed: folders.seeded(seed) if run.seeds else folders for _, seed in work}
-        checkpoints = {places[seed].checkpoints / f"{category}.pt": settings.seeded(seed).training
-                       for category, seed in work}
+        checkpoints = {places[seed].checkpoints / f"{category}.pt":
+                       category_settings(settings.seeded(seed), category).training for category, seed in work}
         ranks.agree(lambda: claim(settings, folders, lock, checkpoints), only_rank=0)
         paper = paper_rows(run.method, settings.training, categories)
         print(f"Run {run.run_name!r} ({run.method}) on {device}: {len(mine)} of {len(work)} trainings"
