@@ -295,6 +295,11 @@ def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: d
     or resumes.
     """
     mode, run = settings.mode, settings.run
+    missing = (f"Run {run.run_name!r} has no checkpoint to {mode.use} in {folders.checkpoints}; train it (anew, "
+               f"without --{(mode.use or '').replace('evaluate', 'eval_only')}), or give the --run_name and "
+               f"--checkpoint_dir it was trained with.")
+    if mode.use is not None and not folders.written():  # refused before the lock makes its folder
+        raise InputError(missing)
     lock.acquire()
     exists = folders.written()
     if mode.use is None and exists:
@@ -303,10 +308,8 @@ def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: d
             raise InputError(f"A run named {run.run_name!r} exists in {folders.results}; choose another --run_name, "
                              f"or --resume=True, --eval_only=True or --overwrite=True.")
         folders.replace()
-    if mode.use is not None and not exists:
-        raise InputError(f"Run {run.run_name!r} has no checkpoint to {mode.use} in {folders.checkpoints}; train it "
-                         f"(anew, without --{mode.use.replace('evaluate', 'eval_only')}), or give the --run_name and "
-                         f"--checkpoint_dir it was trained with.")
+    if mode.use is not None and not exists:  # another process replaced it meanwhile
+        raise InputError(missing)
     if mode.resume:
         for checkpoint, training in checkpoints.items():
             if checkpoint.exists():
