@@ -124,13 +124,13 @@ from dataset import (CategoryFiles, EpochSampler, TestImages, TrainImages, categ
 from dataset.check import check_files  # noqa: E402
 from dataset.demo import DEMO_DATASETS  # noqa: E402
 from model.engine import (Diverged, Trainer, build, level1_features, load_weights, pick_device,  # noqa: E402
-                          predict, read_trained, save_checkpoint, seed_everything, train_epoch)
+                          Trained, predict, read_trained, save_checkpoint, seed_everything, train_epoch)
 from model.evaluation import decide  # noqa: E402
 from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
 from model.methods import OBJECTIVES  # noqa: E402
 from model.predict import predict_run  # noqa: E402
-from model.settings import BUNDLES, Settings, recorded, resolve  # noqa: E402
+from model.settings import BUNDLES, Settings, Training, recorded, resolve  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import described_constants, parse_overrides  # noqa: E402
 from utils.errors import InputError  # noqa: E402
@@ -157,10 +157,7 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
     checkpoint = folders.checkpoints / f"{category}.pt"
     start = 0
     if settings.mode.resume and checkpoint.exists():
-        trained = read_trained(checkpoint, trainer.device, training, "resume")
-        if trained.epoch < training.epochs and "optimizer" not in trained.state:
-            raise InputError(f"{checkpoint} holds a finished training ({trained.epoch} epochs) without its optimiser "
-                             f"state; train a new run to go on to {training.epochs} epochs.")
+        trained = resumable(checkpoint, trainer.device, training)
         load_weights(trainer.model, trained, checkpoint)
         start = trained.epoch
         if start < training.epochs:
@@ -197,7 +194,11 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
                   f"({time.perf_counter() - started:.1f} s)")
         last = epoch + 1 == training.epochs
         if (epoch + 1) % run.checkpoint_every == 0 or last:
-            save_checkpoint(checkpoint, trainer.model, None if last else trainer.optimizer, epoch + 1, training)
+            try:
+                save_checkpoint(checkpoint, trainer.model, None if last else trainer.optimizer, epoch + 1, training)
+            except InputError:  # a full disk, say: the message, not the bar, is the last line
+                bar.close()
+                raise
         if run.eval_every and (epoch + 1) % run.eval_every == 0 and (run.select == "best_on_test" or not last):
             values = evaluate()
             if run.select == "last":
@@ -212,6 +213,16 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
     return best[1]
 
 
+def resumable(checkpoint: Path, device: torch.device, training: Training) -> Trained:
+    """The checkpoint a resume goes on from, refused with one sentence when it cannot: other
+    Training settings, or a finished training (its optimiser state dropped) asked for more epochs."""
+    trained = read_trained(checkpoint, device, training, "resume")
+    if trained.epoch < training.epochs and "optimizer" not in trained.state:
+        raise InputError(f"{checkpoint} holds a finished training ({trained.epoch} epochs) without its optimiser "
+                         f"state; train a new run to go on to {training.epochs} epochs.")
+    return trained
+
+
 def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
                       ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
@@ -223,6 +234,14 @@ def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
     return metrics.evaluate(test_set.labels, scores, test_set.masks, maps), scores, maps
 
 
+def category_settings(settings: Settings, category: str) -> Settings:
+    """A category's settings: with CATEGORY_EPOCHS=rdpp, the epochs RD++'s release trains it for."""
+    if not settings.run.category_epochs:
+        return settings
+    return replace(settings, training=replace(settings.training,
+                                              epochs=RDPP_EPOCHS.get(category, settings.training.epochs)))
+
+
 def run_category(settings: Settings, category: str, files: CategoryFiles, device: torch.device,
                  folders: RunFolders) -> dict[str, Any]:
     """Build, train (or load), evaluate after the last epoch, save predictions; returns the table row."""
@@ -232,9 +251,8 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
             print(f"{category}: skipped, its test set holds no {kind} image to evaluate on.")
             return {"category": category, "status": f"no {kind} test image"}
     protocol = ["RD++'s epochs per category"] if settings.run.category_epochs else []  # marks of a published one
-    if settings.run.category_epochs:
-        training = replace(training, epochs=RDPP_EPOCHS.get(category, training.epochs))
-        settings = replace(settings, training=training)
+    settings = category_settings(settings, category)
+    training = settings.training
     seed_everything(training.seed)  # a fresh seed per category: results do not depend on the loop order
     model, execution = build(training, settings.machine, device)
     trainer = Trainer.of(model, OBJECTIVES[training.loss], execution, device, training)
@@ -286,6 +304,11 @@ def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: d
     or resumes.
     """
     mode, run = settings.mode, settings.run
+    missing = (f"Run {run.run_name!r} has no checkpoint to {mode.use} in {folders.checkpoints}; train it (anew, "
+               f"without --{(mode.use or '').replace('evaluate', 'eval_only')}), or give the --run_name and "
+               f"--checkpoint_dir it was trained with.")
+    if mode.use is not None and not folders.written():  # refused before the lock makes its folder
+        raise InputError(missing)
     lock.acquire()
     exists = folders.written()
     if mode.use is None and exists:
@@ -294,14 +317,12 @@ def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: d
             raise InputError(f"A run named {run.run_name!r} exists in {folders.results}; choose another --run_name, "
                              f"or --resume=True, --eval_only=True or --overwrite=True.")
         folders.replace()
-    if mode.use is not None and not exists:
-        raise InputError(f"Run {run.run_name!r} has no checkpoint to {mode.use} in {folders.checkpoints}; train it "
-                         f"(anew, without --{mode.use.replace('evaluate', 'eval_only')}), or give the --run_name and "
-                         f"--checkpoint_dir it was trained with.")
+    if mode.use is not None and not exists:  # another process replaced it meanwhile
+        raise InputError(missing)
     if mode.resume:
         for checkpoint, training in checkpoints.items():
             if checkpoint.exists():
-                read_trained(checkpoint, torch.device("cpu"), training, "resume")
+                resumable(checkpoint, torch.device("cpu"), training)
     make_folder(folders.results)
     if mode.use in (None, "resume"):
         write_atomically(folders.results / "config.json", json.dumps(settings.record(), indent=2) + "\n")
@@ -337,8 +358,8 @@ def run_categories(settings: Settings, folders: RunFolders, check_data: bool = T
 
     try:
         places = {seed: folders.seeded(seed) if run.seeds else folders for _, seed in work}
-        checkpoints = {places[seed].checkpoints / f"{category}.pt": settings.seeded(seed).training
-                       for category, seed in work}
+        checkpoints = {places[seed].checkpoints / f"{category}.pt":
+                       category_settings(settings.seeded(seed), category).training for category, seed in work}
         ranks.agree(lambda: claim(settings, folders, lock, checkpoints), only_rank=0)
         paper = paper_rows(run.method, settings.training, categories)
         print(f"Run {run.run_name!r} ({run.method}) on {device}: {len(mine)} of {len(work)} trainings"

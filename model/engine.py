@@ -356,8 +356,14 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
         state["optimizer"] = optimizer.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # a full disk: torch.save raises RuntimeError
+        temporary.unlink(missing_ok=True)
+        reason = next(iter(str(error).splitlines()), type(error).__name__)
+        raise InputError(f"Cannot write the checkpoint {path} ({reason}); the previous one, if any, is kept: free "
+                         f"space on that disk and rerun with --resume=True.") from None
 
 
 def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

@@ -250,6 +250,7 @@ def recorded(constants: dict[str, Any], overrides: dict[str, Any]) -> Settings:
         raise InputError(f"--predict scores with the settings the run was trained and evaluated with; leave out "
                          f"{', '.join(refused)}.")
     where = {**constants, **overrides}
+    Settings.from_constants(where)  # the command line's values in range, before the run's folders are read
     folders = RunFolders.of(where["RESULTS_DIR"], where["CHECKPOINT_DIR"], where["RUN_NAME"])
     saved = folders.config()
     if saved is None:
