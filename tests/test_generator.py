@@ -94,7 +94,8 @@ def test_uniforms_are_uniform_and_neighbours_independent():
     images = pixels(16, size=32, seed=1)
     images[1::2] = images[::2]
     images[1::2, 0, 0, 0] ^= 1  # odd images: their even neighbour but one bit
-    u = torch.stack(draws(normalised(images), shapes=((64, 64),) * 4), dim=1)[:, :, 0].double().numpy()  # (16, 4, 64, 64)
+    u = torch.stack(draws(normalised(images), shapes=((64, 64),) * 4), dim=1)[:, :, 0]  # (16, 4, 64, 64)
+    u = u.double().numpy()
     assert 0 <= u.min() and u.max() < 1
     counts = np.histogram(u, bins=64, range=(0, 1))[0]
     assert stats.chisquare(counts).pvalue > 1e-3
