@@ -1,0 +1,100 @@
+"""Latency of the exported graph under onnxruntime against the PyTorch path, on the CPU:
+python -m model.benchmark_export [--repeats=N] [--threads=1,2]
+
+For each (backbone, image size) of CASES a random-weight MRKD (weights=None: speed does not
+depend on the weights) is exported with model/export.py, then random images are scored at
+batch 1 and batch 8 by PyTorch (score_batch with HashedDraws, fp32, as predict scores on the
+CPU) and by onnxruntime's CPU provider, each with the same number of threads: PyTorch first,
+before the onnxruntime session exists, so that neither's idle threads take the other's
+cores. Prints the export time, the median milliseconds per image of `--repeats` timed runs
+after one warm-up, and the largest relative difference of the scores (a check that both
+compute the same thing).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+
+from main import CONSTANTS
+from model import build_model
+from model.engine import Execution, Scoring
+from model.export import Decision, export_onnx, score_batch
+from model.generator import HashedDraws
+
+CASES = (("resnet18", 64), ("wide_resnet50_2", 256))
+BATCHES = (1, 8)
+
+
+def per_image_ms(run: Callable[[], object], batch: int, repeats: int) -> float:
+    """Median wall time of `repeats` calls after one warm-up, per image, in ms."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / batch
+
+
+def benchmark(backbone: str, size: int, repeats: int, threads: tuple[int, ...], folder: Path) -> list[str]:
+    """The printed lines of one case."""
+    torch.manual_seed(0)
+    model = build_model(backbone, None, CONSTANTS["FLM_RATIO"], CONSTANTS["FLM"], CONSTANTS["BOTTLENECK"]).eval()
+    scoring = Scoring(size, CONSTANTS["SCORE_LEVELS"], CONSTANTS["SIGMA"], CONSTANTS["EVAL_MASKS"],
+                      CONSTANTS["IMAGE_SCORE"], CONSTANTS["SEED"])
+    path = folder / f"{backbone}_{size}.onnx"
+    start = time.perf_counter()
+    export_onnx(model, scoring, Decision(1.0, 0.0, 2.0), {}, path)
+    lines = [f"{backbone} at {size} px: export {time.perf_counter() - start:.0f} s, "
+             f"{path.stat().st_size / 2**20:.0f} MiB"]
+    images = torch.randn(max(BATCHES), 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def pytorch(batch: torch.Tensor) -> np.ndarray:
+        return score_batch(model, batch, HashedDraws(batch, scoring.seed), scoring, Execution())[1].numpy()
+
+    for count in threads:
+        torch.set_num_threads(count)
+        torch_ms = {batch: per_image_ms(lambda: pytorch(images[:batch]), batch, repeats) for batch in BATCHES}
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = count, 1
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+        def onnx(batch: torch.Tensor) -> np.ndarray:
+            return session.run(["scores"], {"images": batch.numpy()})[0]
+
+        for batch in BATCHES:
+            ort_ms = per_image_ms(lambda: onnx(images[:batch]), batch, repeats)
+            difference = np.abs(onnx(images[:batch]) / pytorch(images[:batch]) - 1).max()
+            lines.append(f"  {count} thread{'s' if count > 1 else ''}, batch {batch}: onnxruntime {ort_ms:7.1f} "
+                         f"ms/image, PyTorch {torch_ms[batch]:7.1f} ms/image ({torch_ms[batch] / ort_ms:.2f}x), "
+                         f"scores differ by {difference:.1e} (relative)")
+        del session
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="thread counts to measure, comma-separated")
+    args = parser.parse_args()
+    threads = tuple(int(count) for count in args.threads.split(","))
+    print(f"CPU: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
+          f"onnxruntime {onnxruntime.__version__}")
+    with tempfile.TemporaryDirectory() as folder:
+        for backbone, size in CASES:
+            print("\n".join(benchmark(backbone, size, args.repeats, threads, Path(folder))), flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
