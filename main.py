@@ -78,6 +78,7 @@ FIGURES = True                  # draw Fig. 6, 7, 9 and ROC curves per category 
 DEMO = False                    # run on generated demo data with DEMO_CONFIG below
 EXPERIMENT = ""                 # a preset of utils/presets.py: table3 ... table8, fig11, family (every row at once)
 PREDICT = ""                    # score the images under this path with the run's trained checkpoints (no training)
+EXPORT = False                  # write each trained category as results/<run>/export/<category>.onnx and .json
 PARTIAL = False                 # let --eval_only and --predict use a checkpoint that has not finished its epochs
 # ----------------------------------------------------------------------------------------
 CONSTANTS = {name: value for name, value in dict(globals()).items() if name.isupper()}
@@ -129,7 +130,7 @@ from model.evaluation import decide  # noqa: E402
 from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
 from model.methods import OBJECTIVES  # noqa: E402
-from model.predict import predict_run  # noqa: E402
+from model.predict import export_run, predict_run  # noqa: E402
 from model.settings import BUNDLES, Settings, Training, recorded, resolve  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import described_constants, parse_overrides  # noqa: E402
@@ -396,8 +397,9 @@ def usage() -> str:
 def run(overrides: dict[str, Any]) -> list[dict[str, Any]]:
     """The main job: every category, or with EXPERIMENT every row of a preset; with PREDICT,
     new images scored by a trained run."""
-    if overrides.get("PREDICT"):
-        return predict_run(recorded(CONSTANTS, overrides))
+    if overrides.get("PREDICT") or overrides.get("EXPORT"):
+        settings = recorded(CONSTANTS, overrides)
+        return predict_run(settings) if settings.mode.predict else export_run(settings)
     settings = resolve(CONSTANTS, DEMO_CONFIG, METHODS, DATASETS, overrides)
     folders = settings.run.folders()
     if settings.run.demo:

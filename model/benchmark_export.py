@@ -3,7 +3,7 @@ python -m model.benchmark_export [--repeats=N] [--threads=1,2]
 
 For each (backbone, image size) of CASES a random-weight MRKD (weights=None: speed does not
 depend on the weights) is exported with model/export.py, then random images are scored at
-batch 1 and batch 8 by PyTorch (score_batch with HashedDraws, fp32, as predict scores on the
+batch 1 and batch 8 by PyTorch (score_images with HashedDraws, fp32, as predict scores on the
 CPU) and by onnxruntime's CPU provider, each with the same number of threads: PyTorch first,
 before the onnxruntime session exists, so that neither's idle threads take the other's
 cores. Prints the export time, the median milliseconds per image of `--repeats` timed runs
@@ -24,10 +24,9 @@ import numpy as np
 import onnxruntime
 import torch
 
-from main import CONSTANTS
-from model import build_model
-from model.engine import Execution, Scoring
-from model.export import Decision, export_onnx, score_batch
+from model.benchmark import settings_for
+from model.engine import build, score_images
+from model.export import Decision, export_onnx
 from model.generator import HashedDraws
 
 CASES = (("resnet18", 64), ("wide_resnet50_2", 256))
@@ -48,29 +47,26 @@ def per_image_ms(run: Callable[[], object], batch: int, repeats: int) -> float:
 def benchmark(backbone: str, size: int, repeats: int, threads: tuple[int, ...], folder: Path) -> list[str]:
     """The printed lines of one case."""
     torch.manual_seed(0)
-    model = build_model(backbone, None, CONSTANTS["FLM_RATIO"], CONSTANTS["FLM"], CONSTANTS["BOTTLENECK"]).eval()
-    scoring = Scoring(size, CONSTANTS["SCORE_LEVELS"], CONSTANTS["SIGMA"], CONSTANTS["EVAL_MASKS"],
-                      CONSTANTS["IMAGE_SCORE"], CONSTANTS["SEED"])
+    settings = settings_for(BACKBONE=backbone, WEIGHTS=None, IMAGE_SIZE=size)
+    model = build(settings.training, settings.machine, torch.device("cpu"))[0].eval()
+    scoring, seed = settings.scoring, settings.training.seed
     path = folder / f"{backbone}_{size}.onnx"
     start = time.perf_counter()
-    export_onnx(model, scoring, Decision(1.0, 0.0, 2.0), {}, path)
+    export_onnx(model, scoring, Decision(1.0, 0.0, 2.0), seed, size, {}, path)
     lines = [f"{backbone} at {size} px: export {time.perf_counter() - start:.0f} s, "
              f"{path.stat().st_size / 2**20:.0f} MiB"]
     images = torch.randn(max(BATCHES), 3, size, size, generator=torch.Generator().manual_seed(0))
 
     @torch.no_grad()
     def pytorch(batch: torch.Tensor) -> np.ndarray:
-        return score_batch(model, batch, HashedDraws(batch, scoring.seed), scoring, Execution())[1].numpy()
+        return score_images(model, batch, scoring, HashedDraws(batch, seed))[0].numpy()
 
     for count in threads:
         torch.set_num_threads(count)
         torch_ms = {batch: per_image_ms(lambda: pytorch(images[:batch]), batch, repeats) for batch in BATCHES}
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = count, 1
-        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-        def onnx(batch: torch.Tensor) -> np.ndarray:
-            return session.run(["scores"], {"images": batch.numpy()})[0]
+        onnx = scorer(onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
 
         for batch in BATCHES:
             ort_ms = per_image_ms(lambda: onnx(images[:batch]), batch, repeats)
@@ -78,8 +74,12 @@ def benchmark(backbone: str, size: int, repeats: int, threads: tuple[int, ...], 
             lines.append(f"  {count} thread{'s' if count > 1 else ''}, batch {batch}: onnxruntime {ort_ms:7.1f} "
                          f"ms/image, PyTorch {torch_ms[batch]:7.1f} ms/image ({torch_ms[batch] / ort_ms:.2f}x), "
                          f"scores differ by {difference:.1e} (relative)")
-        del session
     return lines
+
+
+def scorer(session: onnxruntime.InferenceSession) -> Callable[[torch.Tensor], np.ndarray]:
+    """The exported graph's image scores of a batch."""
+    return lambda batch: session.run(["scores"], {"images": batch.numpy()})[0]
 
 
 def main() -> None:

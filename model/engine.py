@@ -6,7 +6,6 @@ shared by every method, main.py, --predict and the benchmark.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pickle
 import random
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.generator import MaskDraws
+from model.generator import HashedDraws, MaskDraws
 from model.loss import anomaly_map, gaussian_blur, level_distances
 from model.methods import IMAGE_SCORES, Objective, build_model
 from model.mrkd import MRKD
@@ -285,22 +284,6 @@ def train_epoch(trainer: Trainer, loader: Iterable, draws: MaskDraws | None,
     return total / max(steps, 1)
 
 
-def image_draws(images: torch.Tensor, seed: int) -> MaskDraws:
-    """The test-time FLM draws of a batch (B, 3, S, S): one CPU generator per image, seeded by
-    `seed` and the image's values.
-
-    Masks drawn from them depend on nothing but the image: not on the batch size, the
-    order, nor the other images scored with it. An image scored alone, in a folder of new
-    images or in its test set gets the same masks, hence the same score.
-    """
-    generators = []
-    for image in images.detach().cpu():
-        digest = hashlib.blake2b(seed.to_bytes(8, "little", signed=True), digest_size=8)
-        digest.update(image.contiguous().numpy().tobytes())
-        generators.append(torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little")))
-    return MaskDraws(generators)
-
-
 def score_images(model: MRKD, images: torch.Tensor, scoring: Scoring, draws: MaskDraws
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image scores (B,) and smoothed anomaly maps (B, S, S) of a batch (B, 3, S, S), Eq. (5)-(6).
@@ -323,8 +306,9 @@ def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scorin
             seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Image scores (N,) and smoothed anomaly maps (N, S, S) of the batches (images first), on the device.
 
-    Each image's masks come from image_draws(image, seed), so one checkpoint gives an image
-    the same score on every call, in any batch, on any device.
+    Each image's masks are hashed from `seed` and the image itself (HashedDraws), so one
+    checkpoint gives an image the same score on every call, in any batch, on any device, and
+    in the exported ONNX graph (model/export.py).
     """
     model.eval()
     all_scores, all_maps = [], []
@@ -333,7 +317,7 @@ def predict(model: MRKD, loader: Iterable, device: torch.device, scoring: Scorin
     for batch in loader:
         images = execution.to_device(batch[0], device)
         with execution.autocast(device):
-            scores, maps = score_images(model, images, scoring, image_draws(batch[0], seed))
+            scores, maps = score_images(model, images, scoring, HashedDraws(images, seed))
         all_scores.append(scores)
         all_maps.append(maps)
     torch.backends.cudnn.benchmark = autotune
@@ -424,5 +408,5 @@ def level1_features(model: MRKD, images: torch.Tensor, device: torch.device,
     """
     model.eval()
     target, _ = model.encode(images.to(device))
-    restored = model.restore(model.decode(model.project(target)), image_draws(images, mask_seed))
+    restored = model.restore(model.decode(model.project(target)), HashedDraws(images.to(device), mask_seed))
     return tuple(F.normalize(f[0].float(), dim=1).cpu().numpy() for f in (target, restored))

@@ -2,8 +2,8 @@
 
 The graph takes a batch of preprocessed images (B, 3, S, S) float32, B free, and returns
 the smoothed anomaly maps (B, S, S), the image scores (B,) and the normalized scores (B,).
-It runs the functions predict runs (score_batch) with the test-time FLM masks hashed from
-each image (HashedDraws), so onnxruntime gives an image the score PyTorch gives it. Beside
+It runs the function predict runs (model/engine.py: score_images) with the test-time FLM
+masks hashed from each image (HashedDraws), so onnxruntime gives an image the score PyTorch gives it. Beside
 `<name>.onnx`, `<name>.json` says how to preprocess an image and how to read the scores,
 and holds the .onnx file's SHA-256, which check_export compares.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,50 +19,31 @@ import torch
 from torch import nn
 
 from dataset.images import IMAGENET_MEAN, IMAGENET_STD
-from model import MRKD
-from model.engine import IMAGE_SCORES, Execution, Scoring
-from model.generator import HashedDraws, MaskDraws
-from model.loss import anomaly_map, gaussian_blur, level_distances
+from model.engine import score_images
+from model.generator import HashedDraws
+from model.mrkd import MRKD
+from model.settings import Scoring
 from utils.errors import InputError
+from utils.metrics import RULE_LABELS
 from utils.report import write_atomically
 
 # The default opset of torch.onnx's exporter (its torchlib); onnxruntime runs it from 1.14 on.
 EXPORT_OPSET = 18
 # How new images are resized before normalisation: PIL's LANCZOS, as dataset/images.py: load_image.
 RESIZE = "lanczos"
-# How a Decision's threshold was chosen, by the name the JSON stores.
-THRESHOLD_RULES = {"f1_test": "the image score maximising F1 on the category's test set (utils/metrics.py: "
-                              "f1_threshold); an image is anomalous when its score is at or above it"}
 OUTPUTS = ("maps", "scores", "normalized_scores")
 
 
 @dataclass(frozen=True)
 class Decision:
     """How an image score reads: anomalous at or above `threshold` (chosen by `rule`, a key of
-    THRESHOLD_RULES); `low` and `high`, the lowest and highest test-set scores, map to 0 and 1
+    utils/metrics.py: RULE_LABELS); `low` and `high`, the lowest and highest test-set scores, map to 0 and 1
     in the normalized score (utils/metrics.py: normalized_scores)."""
 
     threshold: float
     low: float
     high: float
     rule: str = "f1_test"
-
-
-def score_batch(model: MRKD, images: torch.Tensor, draws: MaskDraws, scoring: Scoring,
-                execution: Execution) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smoothed anomaly maps (B, S, S) and image scores (B,) of a batch on its device, Eq. (5)-(6).
-
-    FLM stays on at test time (Sec. 3.4), its masks from `draws`; with K masks the level
-    distances of K independent masks are averaged. The networks run under the
-    execution's autocast; the maps and scores are computed in fp32.
-    """
-    with execution.autocast(images.device):
-        target, student = model.distill(images)
-        runs = [level_distances(target, model.restore(student, draws), scoring.score_levels)
-                for _ in range(scoring.eval_masks)]
-    distances = [sum(level) / scoring.eval_masks for level in zip(*runs)]            # [(B, h_l, w_l)]
-    maps = gaussian_blur(anomaly_map(distances, scoring.image_size), scoring.sigma)  # (B, S, S)
-    return maps, IMAGE_SCORES[scoring.image_score](distances, maps)
 
 
 def graph_normalized_scores(scores: torch.Tensor, threshold: float, low: float, high: float) -> torch.Tensor:
@@ -78,32 +59,33 @@ class ScoringGraph(nn.Module):
     """What the ONNX graph computes: images (B, 3, S, S) -> maps (B, S, S), scores (B,),
     normalized scores (B,), as predict scores them in fp32 with HashedDraws masks."""
 
-    def __init__(self, model: MRKD, scoring: Scoring, decision: Decision):
+    def __init__(self, model: MRKD, scoring: Scoring, decision: Decision, seed: int):
         super().__init__()
-        self.model, self.scoring, self.decision = model, scoring, decision
+        self.model, self.scoring, self.decision, self.seed = model, scoring, decision, seed
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        draws = HashedDraws(images, self.scoring.seed)
-        maps, scores = score_batch(self.model, images, draws, self.scoring, Execution())
+        scores, maps = score_images(self.model, images, self.scoring, HashedDraws(images, self.seed))
         decision = self.decision
         return maps, scores, graph_normalized_scores(scores, decision.threshold, decision.low, decision.high)
 
 
-def export_onnx(model: MRKD, scoring: Scoring, decision: Decision, settings: dict[str, Any], path: Path) -> Path:
+def export_onnx(model: MRKD, scoring: Scoring, decision: Decision, seed: int, image_size: int,
+                settings: dict[str, Any], path: Path) -> Path:
     """Write the scoring graph of a trained model to `path` (.onnx) and its description beside
     it (the same name, .json); returns the JSON's path.
 
-    settings: the run's constants (config.json), stored as they are. The model is put in eval
-    mode; export it on the CPU, uncompiled, in fp32 (the graph is device-independent).
+    seed: the run's SEED, which the test-time masks are hashed with; settings: the run's
+    record (config.json), stored as it is. The model is put in eval mode; export it on the
+    CPU, uncompiled, in fp32 (the graph is device-independent).
     """
-    if decision.rule not in THRESHOLD_RULES:
-        raise ValueError(f"unknown threshold rule {decision.rule!r}; one of {', '.join(THRESHOLD_RULES)}")
+    if decision.rule not in RULE_LABELS:
+        raise ValueError(f"unknown threshold rule {decision.rule!r}; one of {', '.join(RULE_LABELS)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = ScoringGraph(model.eval(), scoring, decision).eval()
+    graph = ScoringGraph(model.eval(), scoring, decision, seed).eval()
     device = next(model.parameters()).device
     # Batch 2 traced: a batch of 1 would be specialised into the graph.
-    example = torch.zeros(2, 3, scoring.image_size, scoring.image_size, device=device)
+    example = torch.zeros(2, 3, image_size, image_size, device=device)
     # torch.export's exporter (dynamo), the maintained one; external_data=False keeps the
     # weights inside the one file whose SHA-256 the JSON holds (ONNX's limit: 2 GB).
     torch.onnx.export(graph, (example,), path, input_names=["images"], output_names=list(OUTPUTS),
@@ -116,16 +98,17 @@ def export_onnx(model: MRKD, scoring: Scoring, decision: Decision, settings: dic
         "input": "images: (B, 3, S, S) float32, RGB resized to S x S, then (pixel / 255 - mean) / std",
         "outputs": {"maps": "(B, S, S) smoothed anomaly maps", "scores": "(B,) image scores",
                     "normalized_scores": "(B,) on [0, 1]; 0.5 is the threshold"},
-        "image_size": scoring.image_size,
+        "image_size": image_size,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "resize": RESIZE,
         "threshold": decision.threshold,
         "threshold_rule": decision.rule,
-        "threshold_rule_text": THRESHOLD_RULES[decision.rule],
+        "threshold_chosen": RULE_LABELS[decision.rule],
         "low": decision.low,
         "high": decision.high,
-        "scoring": asdict(scoring),
+        "scoring": scoring.record(),
+        "seed": seed,
         "settings": settings,
     }
     description_path = path.with_suffix(".json")

@@ -1,8 +1,9 @@
-"""--predict: new images scored by a trained run, as its test set was scored.
+"""A trained run used on new images: --predict scores them as its test set was scored, --export writes
+each category's model as an ONNX graph that scores them without this repository.
 
-Per category it writes results/<run>/predict/<category>.csv, a row per image, and an
-overlay per image under results/<run>/predict/<category>/ (the folders below the
-predicted path kept).
+--predict writes per category results/<run>/predict/<category>.csv, a row per image, and an
+overlay per image under results/<run>/predict/<category>/ (the folders below the predicted
+path kept); --export writes results/<run>/export/<category>.onnx and .json (model/export.py).
 """
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataset import ImageFiles, images_under
-from model.engine import build, load_weights, pick_device, predict, read_trained, seed_everything
+from model.engine import Execution, build, load_weights, pick_device, predict, read_trained, seed_everything
+from model.export import Decision, export_onnx
+from model.mrkd import MRKD
 from model.settings import Settings
 from utils import metrics
 from utils.errors import InputError
@@ -52,6 +56,26 @@ def prediction_plan(settings: Settings, folders: RunFolders) -> dict[str, Predic
     return plan
 
 
+def trained_model(settings: Settings, category: str, device, folders: RunFolders
+                  ) -> tuple[MRKD, Execution, str]:
+    """The category's trained model as main.py built it, its execution, and "" or a note saying
+    that its checkpoint has not finished its epochs (refused unless --partial=True)."""
+    training = settings.training
+    seed_everything(training.seed)  # a teacher with random weights (WEIGHTS=none) comes from the seed
+    model, execution = build(training, settings.machine, device)
+    checkpoint = folders.checkpoints / f"{category}.pt"
+    trained = read_trained(checkpoint, device, training, "predict")
+    partial = ""
+    if not trained.finished:
+        if not settings.mode.partial:
+            raise InputError(f"{checkpoint} has trained {trained.epoch} of {trained.training.epochs} epochs; finish "
+                             f"it with --run_name={settings.run.run_name} --resume=True"
+                             f"{'' if settings.mode.export else ', or score with it as it is with --partial=True'}.")
+        partial = f" (partial: epoch {trained.epoch} of {trained.training.epochs})"
+    load_weights(model, trained, checkpoint)
+    return model, execution, partial
+
+
 def predict_category(settings: Settings, category: str, reference: Predictions, files: list[Path], root: Path,
                      device, folders: RunFolders) -> list[str]:
     """Score `files` with the category's checkpoint: results/<run>/predict/<category>.csv, a row per
@@ -59,20 +83,8 @@ def predict_category(settings: Settings, category: str, reference: Predictions, 
 
     Returns the sentences naming the files that could not be read; every other file is scored.
     """
-    training, mode = settings.training, settings.mode
-    # As main.py builds it: a teacher with random weights (WEIGHTS=none) comes from the seed.
-    seed_everything(training.seed)
-    model, execution = build(training, settings.machine, device)
-    checkpoint = folders.checkpoints / f"{category}.pt"
-    trained = read_trained(checkpoint, device, training, "predict")
-    partial = ""
-    if not trained.finished:
-        if not mode.partial:
-            raise InputError(f"{checkpoint} has trained {trained.epoch} of {trained.training.epochs} epochs; finish "
-                             f"it with --run_name={settings.run.run_name} --resume=True, or score with it as it is "
-                             f"with --partial=True.")
-        partial = f" (partial: epoch {trained.epoch} of {trained.training.epochs})"
-    load_weights(model, trained, checkpoint)
+    training = settings.training
+    model, execution, partial = trained_model(settings, category, device, folders)
     threshold, chosen = reference.threshold, metrics.RULE_LABELS[reference.threshold_rule]
     low, high = float(reference.scores.min()), float(reference.scores.max())
     scale = (float(reference.example_maps.min()), float(reference.example_maps.max()))  # as Fig. 7's
@@ -128,4 +140,22 @@ def predict_run(settings: Settings) -> list[dict[str, Any]]:
     if unreadable:
         raise InputError.listed(f"{len(unreadable)} images could not be read, the others were scored; replace or remove "
                            f"these files:", list(unreadable))
+    return [{"category": category, "status": "ok"} for category in plan]
+
+
+def export_run(settings: Settings) -> list[dict[str, Any]]:
+    """--export: each trained and evaluated category of the run as results/<run>/export/<category>.onnx,
+    with its JSON (model/export.py), scoring as --predict does. Exported on the CPU in fp32."""
+    run = settings.run
+    folders = run.folders()
+    cpu = settings.replace_for_export()
+    with RunLock(folders.checkpoints, run.run_name):
+        plan = prediction_plan(cpu, folders)
+        for category, reference in plan.items():
+            model, _, _ = trained_model(cpu, category, torch.device("cpu"), folders)
+            decision = Decision(reference.threshold, float(reference.scores.min()), float(reference.scores.max()),
+                                reference.threshold_rule)
+            path = folders.results / "export" / f"{category}.onnx"
+            export_onnx(model, cpu.scoring, decision, cpu.training.seed, cpu.training.image_size, cpu.record(), path)
+            print(f"{category}: {path} and {path.with_suffix('.json')}")
     return [{"category": category, "status": "ok"} for category in plan]

@@ -162,23 +162,26 @@ class Mode(Bundle):
     resume: bool
     eval_only: bool
     predict: str
+    export: bool
     overwrite: bool
     partial: bool
 
     def __post_init__(self) -> None:
-        chosen = [f"--{name}" for name in ("resume", "eval_only", "predict") if getattr(self, name)]
+        chosen = [f"--{name}" for name in ("resume", "eval_only", "predict", "export") if getattr(self, name)]
         check([
             (len(chosen) <= 1, f"{' and '.join(chosen)} exclude each other; give one"),
             (not (self.overwrite and chosen), f"--overwrite replaces a run by a new training; it does not go "
                                               f"with {chosen[0] if chosen else ''}"),
             (not self.partial or self.eval_only or self.predict,
-             "--partial=True applies to --eval_only or --predict"),
+             "--partial=True applies to --eval_only or --predict (an export needs a finished training)"),
         ])
 
     @property
     def use(self) -> str | None:
         """What the command does with existing checkpoints (utils/config.py: USES), None for a new training."""
-        return "resume" if self.resume else "evaluate" if self.eval_only else "predict" if self.predict else None
+        if self.resume:
+            return "resume"
+        return "evaluate" if self.eval_only else "predict" if self.predict or self.export else None
 
 
 BUNDLES = (Training, Scoring, Run, Machine, Mode)
@@ -201,6 +204,11 @@ class Settings:
     @classmethod
     def from_constants(cls, constants: dict[str, Any]) -> Settings:
         return cls(*(bundle.from_constants(constants) for bundle in BUNDLES))
+
+    def replace_for_export(self) -> Settings:
+        """These settings on the CPU, in fp32 and uncompiled: how a model is exported."""
+        return replace(self, training=replace(self.training, fast=False),
+                       machine=replace(self.machine, device="cpu", compile=False))
 
     def seeded(self, seed: int) -> Settings:
         """This run's settings for one of its SEEDS."""
@@ -243,11 +251,12 @@ PREDICT_OPTIONS = ({f.name.upper() for bundle in (Machine, Mode) for f in fields
 
 
 def recorded(constants: dict[str, Any], overrides: dict[str, Any]) -> Settings:
-    """The settings of a trained run, for --predict: its config.json, read as the format it was
-    written in, then the command line's PREDICT_OPTIONS (any other option is refused)."""
+    """The settings of a trained run, for --predict and --export: its config.json, read as the format
+    it was written in, then the command line's PREDICT_OPTIONS (any other option is refused)."""
     refused = [f"--{name.lower()}" for name in overrides if name not in PREDICT_OPTIONS]
     if refused:
-        raise InputError(f"--predict scores with the settings the run was trained and evaluated with; leave out "
+        what = "--predict scores" if overrides.get("PREDICT") else "--export exports"
+        raise InputError(f"{what} with the settings the run was trained and evaluated with; leave out "
                          f"{', '.join(refused)}.")
     where = {**constants, **overrides}
     Settings.from_constants(where)  # the command line's values in range, before the run's folders are read

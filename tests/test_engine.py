@@ -5,8 +5,8 @@ from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import model_for
-from model.engine import Execution, Step, Trainer, execution_for, predict, image_draws, train_epoch
-from model.generator import MaskDraws
+from model.engine import Execution, Step, Trainer, execution_for, predict, train_epoch
+from model.generator import HashedDraws, MaskDraws
 from model.methods import mrkd_objective
 from model.settings import Scoring
 from model.loss import anomaly_map, image_score, level_distances
@@ -43,16 +43,15 @@ def test_an_images_score_depends_on_the_image_alone_not_its_batch():
         # Equal up to the float noise of convolutions on batches of other sizes.
         np.testing.assert_allclose(other_scores, scores[list(order)], rtol=1e-5)
         np.testing.assert_allclose(other_maps, maps[list(order)], rtol=1e-4, atol=1e-6)
-    twins = image_draws(torch.stack([images[0], images[0], images[1]]), 111).generator
-    draws = [torch.rand(4, generator=generator) for generator in twins]
-    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    twins = HashedDraws(torch.stack([images[0], images[0], images[1]]), 111).uniform((3, 1, 2, 2), torch.device("cpu"))
+    assert torch.equal(twins[0], twins[1]) and not torch.equal(twins[0], twins[2])
 
 
 def test_k_masks_average_k_independent_maps():
     model, loader = setup()
     model.eval()
     images = next(iter(loader))[0]
-    draws = image_draws(images, 7)
+    draws = HashedDraws(images, 7)
     with torch.no_grad():
         target, _ = model.encode(images)
         student = model.decode(model.project(target))

@@ -1,6 +1,5 @@
 """The ONNX export: the graph scores as PyTorch does, in any batch; the README's snippet scores
 with onnxruntime, NumPy and Pillow alone; check_export catches a mismatched pair."""
-import json
 import re
 import shutil
 import subprocess
@@ -14,14 +13,16 @@ import torch
 from PIL import Image
 
 from dataset.images import load_image, to_tensor
-from model.engine import Execution, Scoring
-from model.export import Decision, check_export, export_onnx, graph_normalized_scores, score_batch
+from model.engine import score_images
+from model.export import Decision, check_export, export_onnx, graph_normalized_scores
+from model.settings import Scoring
 from model.generator import HashedDraws
 from tests.helpers import model_for
 from utils import metrics
 from utils.errors import InputError
 
 SIZE = 64
+SEED = 111
 SNIPPET = Path(__file__).resolve().parents[1] / "model" / "EXPORT_SNIPPET.md"
 SETTINGS = {"BACKBONE": "resnet18", "WEIGHTS": None, "IMAGE_SIZE": SIZE, "SCORE_LEVELS": [1, 2, 3]}
 
@@ -35,8 +36,7 @@ def random_images(count, seed=0):
 @torch.no_grad()
 def torch_path(export, images):
     """Maps and scores as predict computes them (eval mode, HashedDraws masks), NumPy."""
-    maps, scores = score_batch(export["model"], images, HashedDraws(images, export["scoring"].seed),
-                               export["scoring"], Execution())
+    scores, maps = score_images(export["model"], images, export["scoring"], HashedDraws(images, SEED))
     return maps.numpy(), scores.numpy()
 
 
@@ -50,12 +50,12 @@ def exported(folder, image_score, eval_masks=1):
     low and high of six random test images."""
     torch.manual_seed(0)
     model = model_for("resnet18").eval()
-    scoring = Scoring(SIZE, (1, 2, 3), 4.0, eval_masks, image_score, 111)
+    scoring = Scoring((1, 2, 3), 4.0, eval_masks, image_score)
     export = {"model": model, "scoring": scoring}
     scores = torch_path(export, random_images(6, seed=1))[1]
     decision = Decision(float(np.median(scores)), float(scores.min()), float(scores.max()))
     onnx_path = folder / "bottle.onnx"
-    json_path = export_onnx(model, scoring, decision, SETTINGS, onnx_path)
+    json_path = export_onnx(model, scoring, decision, SEED, SIZE, SETTINGS, onnx_path)
     return {**export, "decision": decision, "onnx": str(onnx_path), "json": json_path}
 
 
