@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import pickle
 import random
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from model.drd import refined_image_score
 from model.loss import anomaly_map, gaussian_blur, image_score, level_distances
 from utils.config import check
 from utils.errors import InputError
+from utils.files import atomic_write
 
 # A training objective: (model, clean images, ILM inputs or None, FLM mask draws) -> loss.
 Objective = Callable[[MRKD, torch.Tensor, "torch.Tensor | None", "MaskDraws | None"], torch.Tensor]
@@ -323,7 +323,8 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
     """State dicts of the trained parts (and of the optimiser unless None), the epoch and the
     configuration that shaped them.
 
-    Written to a temporary file and renamed, so a crash never leaves a broken checkpoint.
+    Written through utils.files.atomic_write: a failed write (a full disk) is an InputError naming
+    the file, and the previous checkpoint stays as it was, so training can resume from it.
     """
     state = {
         "bottleneck": model.bottleneck.state_dict(),
@@ -335,9 +336,8 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    with atomic_write(path) as file:
+        torch.save(state, file)
 
 
 def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

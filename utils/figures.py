@@ -31,6 +31,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 
+from utils.files import atomic_write
 from utils.metrics import METRICS, roc_curve
 
 
@@ -53,14 +54,15 @@ def save_predictions(path: Path, category: str, scores: np.ndarray, labels: np.n
     feature_restored (k, h, w, 3) from pca_project.
     """
     pixel_fpr, pixel_tpr = roc_curve(masks.ravel(), maps.ravel())
-    np.savez_compressed(
-        path, category=category, scores=scores, labels=labels, defects=np.array(defects),
-        metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
-        threshold=np.float64(threshold),
-        pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=examples,
-        example_images=images[examples], example_masks=masks[examples], example_maps=maps[examples],
-        feature_input=feature_input, feature_restored=feature_restored,
-    )
+    with atomic_write(Path(path)) as file:  # a file object: given a name, NumPy would append .npz to it
+        np.savez_compressed(
+            file, category=category, scores=scores, labels=labels, defects=np.array(defects),
+            metrics_names=np.array(list(values)), metrics_values=np.array(list(values.values())),
+            threshold=np.float64(threshold),
+            pixel_fpr=pixel_fpr, pixel_tpr=pixel_tpr, example_index=examples,
+            example_images=images[examples], example_masks=masks[examples], example_maps=maps[examples],
+            feature_input=feature_input, feature_restored=feature_restored,
+        )
 
 
 def load_predictions(path: Path) -> Predictions:
@@ -325,4 +327,5 @@ def _grid(titles: list[str] | tuple[str, ...], row_labels: list[str]) -> tuple[F
 def _save(figure: Figure, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI)
+    with atomic_write(path) as file:
+        figure.savefig(file, dpi=DPI, format=path.suffix.lstrip("."))  # a file object has no suffix to go by
