@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
 from dataset import nsa, pseudo
 from dataset.folders import TestSample
 from utils.errors import InputError
+from utils.progress import progress
 
 # ImageNet statistics the teacher was trained with (paper Sec. 4.1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -270,7 +270,7 @@ def _preload(paths: list[Path], image_size: int, description: str) -> np.ndarray
     """Decode and resize every image once. Returns (N, S, S, 3) uint8, read-only so
     that no augmentation can alter the cache in place."""
     images = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    for i, path in enumerate(tqdm(paths, desc=description, leave=False)):
+    for i, path in enumerate(progress(paths, desc=description, leave=False)):
         images[i] = load_image(path, image_size)
     images.flags.writeable = False
     return images
