@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from dataset import nsa, pseudo
-from dataset.folders import TestSample
+from dataset.folders import TestSample, broken_link
 from utils.errors import InputError
 from utils.progress import progress
 
@@ -88,7 +88,8 @@ def _open(path: Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f"Cannot read image {path} ({error}); replace or remove the file.") from None
+        unreadable = f"Cannot read image {path} ({error}); replace or remove the file."
+        raise InputError(broken_link(path) or unreadable) from None
     return image
 
 
