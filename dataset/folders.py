@@ -236,7 +236,9 @@ def _visa_rows(root: Path) -> list[tuple[int, dict[str, str]]]:
             f" {LAYOUTS['visa']} (published at {DATASET_URLS['visa']})."
         ))
     try:
-        with open(split, newline="") as file:
+        # utf-8-sig: a file saved by a spreadsheet program starts with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        with open(split, newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(file)
             rows = list(enumerate(reader, start=2))  # line 1 is the header
             columns = reader.fieldnames or []

@@ -496,6 +496,17 @@ def test_a_broken_link_given_to_score_is_named(tmp_path):
         folders.images_under(link)
 
 
+# ---- the data folder, the split file, very large images -------------------
+
+def test_a_visa_split_file_with_a_byte_order_mark_is_read(tmp_path):
+    root = _visa(tmp_path)
+    split = root / "split_csv" / "1cls.csv"
+    split.write_text(split.read_text(), encoding="utf-8-sig")  # as a spreadsheet program saves it
+    assert split.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert folders.list_categories("visa", root) == ("pcb1", "candle")
+    assert len(category_files("visa", root, "pcb1").train) == 2
+
+
 # ---- loading --------------------------------------------------------------
 
 def test_image_resized_and_normalised(tmp_path):
