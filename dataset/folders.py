@@ -179,6 +179,9 @@ def _checked_root(dataset: str, root: str | Path) -> Path:
             f"Unknown dataset '{dataset}'; choose one of {', '.join(CATEGORIES)}."
         )
     root = Path(root).expanduser()
+    if root.is_file():
+        raise InputError(f"Dataset folder {root} is a file, not a folder; give the folder that holds the"
+                         f" dataset, laid out as {LAYOUTS[dataset]}.")
     if not root.is_dir():
         raise InputError(_absent(
             root, f"Dataset folder {root} does not exist; expected the layout {LAYOUTS[dataset]}"

@@ -498,6 +498,15 @@ def test_a_broken_link_given_to_score_is_named(tmp_path):
 
 # ---- the data folder, the split file, very large images -------------------
 
+@pytest.mark.parametrize("dataset", ["mvtec", "visa"])
+def test_a_data_dir_that_is_a_file_is_called_a_file(tmp_path, dataset):
+    file = tmp_path / "data.zip"
+    file.write_bytes(b"PK")
+    with pytest.raises(InputError) as error:
+        category_files(dataset, file, folders.CATEGORIES[dataset][0])
+    assert str(error.value).startswith(f"Dataset folder {file} is a file, not a folder; give the folder that holds")
+
+
 def test_a_visa_split_file_with_a_byte_order_mark_is_read(tmp_path):
     root = _visa(tmp_path)
     split = root / "split_csv" / "1cls.csv"
