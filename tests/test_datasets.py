@@ -2,6 +2,7 @@
 
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -514,6 +515,24 @@ def test_a_visa_split_file_with_a_byte_order_mark_is_read(tmp_path):
     assert split.read_bytes().startswith(b"\xef\xbb\xbf")
     assert folders.list_categories("visa", root) == ("pcb1", "candle")
     assert len(category_files("visa", root, "pcb1").train) == 2
+
+
+def test_images_over_pils_limit_are_read_up_to_ours(tmp_path, monkeypatch):
+    """PIL's decompression-bomb limit stands in small (100 pixels) for its 89 megapixels, ours (1000) for 2**30."""
+    folder = _mvtec(tmp_path)  # 32x32 images: over 2 * 100 pixels, so PIL alone would refuse them
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    files = category_files("mvtec", tmp_path, "bottle")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        check_files({"bottle": files}, workers=4)
+        assert images.load_image(files.train[0], 16).shape == (16, 16, 3)
+    assert Image.MAX_IMAGE_PIXELS == 100  # lifted for our reads only
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    image = folder / "train" / "good" / "000.png"
+    with pytest.raises(InputError) as error:
+        images.load_image(image, 16)
+    assert str(error.value) == (f"Image {image} is 32x32 pixels, more than the 1,000 (dataset.images.MAX_PIXELS)"
+                                " this program decodes; save it smaller or cut it into tiles.")
 
 
 # ---- loading --------------------------------------------------------------
