@@ -117,7 +117,6 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import numpy as np  # noqa: E402  (after the constants, so they stay at the top of the file)
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
 from dataset import (CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker,  # noqa: E402
@@ -139,7 +138,8 @@ from utils.paper import RDPP_EPOCHS  # noqa: E402
 from utils.figures import draw_category, pca_project  # noqa: E402
 from utils.predictions import Predictions  # noqa: E402
 from utils.presets import PRESETS, slug  # noqa: E402
-from utils.ranks import Ranks  # noqa: E402
+from utils.progress import progress  # noqa: E402
+from utils.ranks import Ranks, run_together  # noqa: E402
 from utils.report import category_line, over_seeds, write_atomically, write_tables  # noqa: E402
 from utils.runs import RunFolders, RunLock, make_folder  # noqa: E402
 
@@ -175,8 +175,7 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
                         sampler=EpochSampler(len(train_set), training.seed, start),
                         num_workers=settings.machine.workers, persistent_workers=settings.machine.workers > 0,
                         pin_memory=trainer.device.type == "cuda", worker_init_fn=seed_worker)
-    bar = tqdm(total=(training.epochs - start) * len(loader), desc=f"{category} training", unit="step",
-               dynamic_ncols=True)
+    bar = progress(total=(training.epochs - start) * len(loader), desc=f"{category} training", unit="step")
     best = None  # (merit, epoch, weights) of the best evaluation, with SELECT=best_on_test
     for epoch in range(start, training.epochs):
         started = time.perf_counter()
@@ -416,18 +415,16 @@ def main(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
         print(usage())
         return 0
-    try:
-        rows = run(parse_overrides(CONSTANTS, argv, {k: v for part in BUNDLES for k, v in part.element_types().items()}))
-    except InputError as error:
-        if Ranks.from_launcher().rank == 0:  # under torchrun every rank knows the error; one says it
-            print(f"error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # what the writers did not name themselves: a folder that cannot be made, say
-        print(f"error: {error.filename or 'a file'}: {error.strerror or error}.", file=sys.stderr)
-        return 1
+    elements = {name: kind for part in BUNDLES for name, kind in part.element_types().items()}
+    try:  # every rank stops at once on bad input, the sentence printed once (utils/ranks.py)
+        return run_together(lambda: exit_status(run(parse_overrides(CONSTANTS, argv, elements))))
     except KeyboardInterrupt:
         print("\ninterrupted; rerun with --resume=True to continue from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def exit_status(rows: list[dict[str, Any]]) -> int:
+    """1 when no category was evaluated or one diverged, else 0."""
     if not any(row["status"].startswith(("ok", "partial")) for row in rows):
         print("error: no category was evaluated (see the lines above).", file=sys.stderr)
         return 1

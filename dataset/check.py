@@ -9,11 +9,10 @@ decodes), and all problems are reported in one InputError.
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
-from dataset.folders import CategoryFiles, listed_error
+from dataset.folders import CategoryFiles
 from dataset.images import mask_problem, read_mask, read_rgb
 from utils.errors import InputError
+from utils.progress import progress
 
 
 def check_files(files: dict[str, CategoryFiles], workers: int | None = None) -> None:
@@ -33,12 +32,12 @@ def check_files(files: dict[str, CategoryFiles], workers: int | None = None) -> 
         masks += [None] * len(unmasked) + [sample.mask for sample in category.test]
         numbered += [False] * len(unmasked) + [sample.numbered_mask for sample in category.test]
     with ThreadPoolExecutor(workers) as pool:
-        found = list(tqdm(pool.map(_problems, images, masks, numbered), total=len(images),
-                          desc="checking files", leave=False))
+        found = list(progress(pool.map(_problems, images, masks, numbered), total=len(images),
+                              desc="checking files", leave=False))
     problems = [problem for file_problems in found for problem in file_problems]
     if problems:
         summary = f"{len(problems)} problems in the dataset files; fix or replace each file named:"
-        raise listed_error(summary, problems)
+        raise InputError.listed(summary, problems)
 
 
 def _problems(image: Path, mask: Path | None, numbered: bool) -> list[str]:

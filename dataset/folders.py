@@ -4,9 +4,15 @@ and the images under a path to score with a trained run.
 Only paths are gathered here; `dataset/images.py` decodes them. Every problem
 with the folders is reported as an InputError with one sentence a user can act
 on, so that a run never starts on a silently empty or half-labelled set.
+
+Symbolic links are followed (datasets often live behind them). A broken one is never
+dropped: one named like an image is listed as that image, so that reading it reports
+it with every other unreadable file, and one where a folder is expected is a problem
+reported here.
 """
 
 import csv
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,7 +65,6 @@ LAYOUTS = {
 # Suffixes are matched ignoring case (001.PNG, 001_mask.PNG), for images and masks alike.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # An error listing many files names at most this many, then says how many more.
-LISTED_PROBLEMS = 20
 
 # VisA's one-class split (the dataset's own, as released): one row per image, paths relative
 # to the root; label "normal" or "anomaly", split "train" or "test", mask empty for normal images.
@@ -134,7 +139,8 @@ def category_files(dataset: str, root: str | Path, category: str) -> CategoryFil
     if category not in found:
         found_text = ", ".join(found) or "none"
         where = root / VISA_SPLIT if dataset == "visa" else root
-        raise InputError(f"Category '{category}' not found in {where}; found: {found_text}.")
+        missing = f"Category '{category}' not found in {where}; found: {found_text}."
+        raise InputError(_absent(root / category, missing) if dataset in ("mvtec", "btad") else missing)
     if dataset == "mvtec":
         return _folder_files(root / category, normal="good", mask_suffix="_mask")
     if dataset == "btad":
@@ -158,9 +164,12 @@ def list_categories(dataset: str, root: str | Path) -> tuple[str, ...]:
 
 
 def images_under(path: str | Path) -> list[Path]:
-    """The image file `path`, or every image below the folder `path` (any depth, hidden
-    files and folders skipped), sorted; suffixes as IMAGE_SUFFIXES, in any case.
+    """The image file `path`, or every image below the folder `path` (any depth, through
+    symbolic links to folders; hidden files and folders skipped), sorted; suffixes as
+    IMAGE_SUFFIXES, in any case.
 
+    A broken symbolic link below `path` is listed too, whatever its name (it may have
+    stood for a folder of images), so that reading it reports it with the unreadable files.
     An InputError when the path does not exist, is not an image, or holds no image.
     """
     path = Path(path).expanduser()
@@ -170,12 +179,20 @@ def images_under(path: str | Path) -> list[Path]:
             raise InputError(f"{path} is not an image ({kinds}); give an image file or a folder of images.")
         return [path]
     if not path.is_dir():
-        raise InputError(f"{path} does not exist; give an image file or a folder of images to score.")
-    images = sorted(
-        file for file in path.rglob("*")
-        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in file.relative_to(path).parts)
-    )
+        raise InputError(_absent(path, f"{path} does not exist; give an image file or a folder of images to score."))
+    images = []
+    visited = set()  # the real paths of the folders walked: a link back up the tree is walked once
+    # Path.rglob does not enter symbolic links to folders; os.walk does when asked.
+    for folder, subfolders, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders.clear()
+            continue
+        visited.add(real)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        images += [Path(folder) / name for name in names if not name.startswith(".")
+                   and (Path(name).suffix.lower() in IMAGE_SUFFIXES or broken_link(Path(folder) / name))]
+    images.sort()
     if not images:
         raise InputError(f"No images ({kinds}) under {path}; give a folder that holds the images to score.")
     return images
@@ -187,11 +204,14 @@ def _checked_root(dataset: str, root: str | Path) -> Path:
             f"Unknown dataset '{dataset}'; choose one of {', '.join(CATEGORIES)}."
         )
     root = Path(root).expanduser()
+    if root.is_file():
+        raise InputError(f"Dataset folder {root} is a file, not a folder; give the folder that holds the"
+                         f" dataset, laid out as {LAYOUTS[dataset]}.")
     if not root.is_dir():
-        raise InputError(
-            f"Dataset folder {root} does not exist; expected the layout {LAYOUTS[dataset]}"
+        raise InputError(_absent(
+            root, f"Dataset folder {root} does not exist; expected the layout {LAYOUTS[dataset]}"
             f" (the dataset is published at {DATASET_URLS[dataset]})."
-        )
+        ))
     return root
 
 
@@ -204,19 +224,20 @@ def _folder_files(folder: Path, normal: str, mask_suffix: str) -> CategoryFiles:
     train_folder = folder / "train" / normal
     train = _images_in(train_folder)
     if not train:
-        raise InputError(
-            f"No training images in {train_folder}; put the normal training images"
+        raise InputError(_absent(
+            train_folder, f"No training images in {train_folder}; put the normal training images"
             f" ({', '.join(IMAGE_SUFFIXES)}) there."
-        )
+        ))
     test_folder = folder / "test"
     defect_folders = _subfolders(test_folder)
-    if not defect_folders:
-        raise InputError(
-            f"No test images in {test_folder}; expected a subfolder '{normal}' for normal"
+    # Every broken link standing for a test folder, and every defect image without a mask, reported together.
+    problems = [broken_link(link) for link in _broken_links_in(test_folder)]
+    if not defect_folders and not problems:
+        raise InputError(_absent(
+            test_folder, f"No test images in {test_folder}; expected a subfolder '{normal}' for normal"
             " images and one per defect type."
-        )
+        ))
     test = []
-    missing = []  # every defect image without a mask, reported together
     for defect_folder in defect_folders:
         images = _images_in(defect_folder)
         if not images:
@@ -228,9 +249,9 @@ def _folder_files(folder: Path, normal: str, mask_suffix: str) -> CategoryFiles:
         mask_folder = folder / "ground_truth" / defect
         masks = _files_by_lower_name(mask_folder)
         for image in images:
-            mask = _mask_for(image, mask_folder / (image.stem + mask_suffix), masks, IMAGE_SUFFIXES, missing)
+            mask = _mask_for(image, mask_folder / (image.stem + mask_suffix), masks, IMAGE_SUFFIXES, problems)
             test.append(TestSample(image, mask, 1, defect))
-    _report_missing_masks(missing)
+    _report(problems, f"the files of {folder}")
     return CategoryFiles(train, test)
 
 
@@ -238,12 +259,14 @@ def _visa_rows(root: Path) -> list[tuple[int, dict[str, str]]]:
     """The rows of VisA's split file as (line number, row), after checking its columns."""
     split = root / VISA_SPLIT
     if not split.is_file():
-        raise InputError(
-            f"VisA split file {split} does not exist; expected the dataset as released,"
+        raise InputError(_absent(
+            split, f"VisA split file {split} does not exist; expected the dataset as released,"
             f" {LAYOUTS['visa']} (published at {DATASET_URLS['visa']})."
-        )
+        ))
     try:
-        with open(split, newline="") as file:
+        # utf-8-sig: a file saved by a spreadsheet program starts with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        with open(split, newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(file)
             rows = list(enumerate(reader, start=2))  # line 1 is the header
             columns = reader.fieldnames or []
@@ -276,8 +299,8 @@ def _visa_files(root: Path, category: str) -> CategoryFiles:
             continue
         image = root / row["image"]
         if not image.is_file():
-            problems.append(f"VisA image {image} listed in {where} does not exist; restore it from"
-                            f" {DATASET_URLS['visa']}.")
+            problems.append(_absent(image, f"VisA image {image} listed in {where} does not exist; restore it"
+                                           f" from {DATASET_URLS['visa']}."))
             continue
         if split_name == "train":
             train.append(image)
@@ -285,12 +308,11 @@ def _visa_files(root: Path, category: str) -> CategoryFiles:
             test.append(TestSample(image, None, 0, "good"))
         elif not row["mask"] or not (root / row["mask"]).is_file():
             shown = root / row["mask"] if row["mask"] else "no mask path"
-            problems.append(f"VisA mask {shown} of {image} ({where}) does not exist; restore it from"
-                            f" {DATASET_URLS['visa']}.")
+            missing = f"VisA mask {shown} of {image} ({where}) does not exist; restore it from {DATASET_URLS['visa']}."
+            problems.append(_absent(root / row["mask"], missing) if row["mask"] else missing)
         else:
             test.append(TestSample(image, root / row["mask"], 1, "anomaly", numbered_mask=True))
-    if problems:
-        raise listed_error(f"{len(problems)} problems with the VisA files of {category}; fix each:", problems)
+    _report(problems, f"the VisA files of {category}")
     if not train:
         raise InputError(f"{split} lists no training image of {category}; use the split file as released"
                          f" at {DATASET_URLS['visa']}.")
@@ -308,26 +330,26 @@ def _mtd_files(root: Path) -> CategoryFiles:
     normals = _images_in(normal_folder, suffixes=(".jpg",))
     train, held_out = hold_out(normals, 1 - MTD_TRAIN_FRACTION, MTD_SPLIT_SEED)
     if not train:
-        raise InputError(
-            f"No training images in {normal_folder}; expected the defect-free MTD images"
+        raise InputError(_absent(
+            normal_folder, f"No training images in {normal_folder}; expected the defect-free MTD images"
             " as *.jpg there."
-        )
+        ))
     test = [TestSample(image, None, 0, MTD_NORMAL_FOLDER) for image in held_out]
-    missing: list[str] = []
+    problems = [broken_link(link) for link in _broken_links_in(root) if link.name.startswith("MT_")]
     for defect_folder in _subfolders(root):
         if not defect_folder.name.startswith("MT_") or defect_folder.name == MTD_NORMAL_FOLDER:
             continue
         images = _images_in(defect_folder / "Imgs", suffixes=(".jpg",))
         if not images:
-            raise InputError(
-                f"Test folder {defect_folder / 'Imgs'} holds no .jpg images; add images or"
-                " remove the folder."
-            )
+            raise InputError(_absent(
+                defect_folder / "Imgs", f"Test folder {defect_folder / 'Imgs'} holds no .jpg images; add images"
+                " or remove the folder."
+            ))
         masks = _files_by_lower_name(defect_folder / "Imgs")
         for image in images:
-            mask = _mask_for(image, image.with_suffix(""), masks, (".png",), missing)
+            mask = _mask_for(image, image.with_suffix(""), masks, (".png",), problems)
             test.append(TestSample(image, mask, 1, defect_folder.name))
-    _report_missing_masks(missing)
+    _report(problems, f"the files of {root}")
     return CategoryFiles(train, test)
 
 
@@ -344,13 +366,13 @@ def _mvtec_ad_2_files(folder: Path) -> CategoryFiles:
              f" restore it from the release at {DATASET_URLS['mvtec_ad_2']}." for name, images in found.items()
              if not images]
     if empty:
-        raise listed_error(f"{len(empty)} folders of {folder} are missing or empty; restore each:", empty)
+        raise InputError.listed(f"{len(empty)} folders of {folder} are missing or empty; restore each:", empty)
     mask_folder = folder / "test_public" / "ground_truth" / "bad"
     masks = _files_by_lower_name(mask_folder)
     missing: list[str] = []
     bad = [TestSample(image, _mask_for(image, mask_folder / (image.stem + "_mask"), masks, IMAGE_SUFFIXES, missing),
                       1, "bad") for image in found["bad"]]
-    _report_missing_masks(missing)
+    _report(missing, f"the files of {folder}")
     # Sorted like the other layouts: anomalous ("bad") before normal ("good"), then by path.
     return CategoryFiles(found["train"], bad + [TestSample(image, None, 0, "good") for image in found["good"]],
                          validation=found["validation"],
@@ -382,43 +404,52 @@ def with_validation(files: CategoryFiles, fraction: float = HOLD_OUT_FRACTION,
     return replace(files, train=train, validation=validation)
 
 
-def listed_error(summary: str, problems: list[str]) -> InputError:
-    """One InputError for a list of problems, each a sentence naming its file.
-
-    A single problem is the whole message; several follow `summary`, one a line,
-    the first LISTED_PROBLEMS of them, so that a user sees every broken file at once.
-    """
-    if len(problems) == 1:
-        return InputError(problems[0])
-    lines = [summary] + [f"  {problem}" for problem in problems[:LISTED_PROBLEMS]]
-    if len(problems) > LISTED_PROBLEMS:
-        lines.append(f"  ... and {len(problems) - LISTED_PROBLEMS} more.")
-    return InputError("\n".join(lines))
+def broken_link(path: Path) -> str | None:
+    """The sentence saying that `path` is a symbolic link to nothing (its target was moved, or
+    lives on a disk that is not mounted); None when it is not."""
+    if not path.is_symlink() or path.exists():
+        return None
+    return (f"{path} is a broken symbolic link: its target {os.readlink(path)} does not exist; restore the"
+            " target or point the link elsewhere.")
 
 
-def _report_missing_masks(missing: list[str]) -> None:
-    if missing:
-        raise listed_error(f"{len(missing)} defect images have no ground-truth mask; add these files:", missing)
+def _absent(path: Path, sentence: str) -> str:
+    """`sentence`, saying that `path` is missing, unless `path` or a folder above it is a broken
+    symbolic link: then the sentence naming that link, the thing to fix."""
+    for place in (path, *path.parents):
+        broken = broken_link(place)
+        if broken:
+            return broken
+    return sentence
+
+
+def _report(problems: list[str], where: str) -> None:
+    """One InputError listing `problems`, those of `where` (e.g. "the files of <folder>"), each once: a
+    broken link to a folder is otherwise named once per file in it. Nothing when there are none."""
+    if problems:
+        problems = list(dict.fromkeys(problems))
+        raise InputError.listed(f"{len(problems)} problems with {where}; fix each:", problems)
 
 
 def _mask_for(image: Path, mask_stem: Path, files: dict[str, Path], suffixes: tuple[str, ...],
-              missing: list[str]) -> Path | None:
+              problems: list[str]) -> Path | None:
     """The file `mask_stem` + one of `suffixes` among `files` (by lower-cased name), or
-    None after appending to `missing` the sentence saying which name was expected."""
+    None after appending to `problems` the sentence saying which name was expected."""
     for suffix in suffixes:
         mask = files.get((mask_stem.name + suffix).lower())
         if mask is not None:
             return mask
     extensions = "|".join(suffix.lstrip(".") for suffix in suffixes)
-    missing.append(
-        f"Defect image {image} has no ground-truth mask; expected"
+    problems.append(_absent(
+        mask_stem.parent, f"Defect image {image} has no ground-truth mask; expected"
         f" {mask_stem.name}.<{extensions}> in {mask_stem.parent}."
-    )
+    ))
     return None
 
 
 def _files_by_lower_name(folder: Path) -> dict[str, Path]:
-    """The files directly in `folder` keyed by lower-cased name (empty when it does not exist).
+    """The files directly in `folder`, broken symbolic links included (reading one reports it),
+    keyed by lower-cased name (empty when it does not exist).
 
     Of names that differ only in case, the first in sorted order is kept.
     """
@@ -426,18 +457,19 @@ def _files_by_lower_name(folder: Path) -> dict[str, Path]:
         return {}
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file():
+        if path.is_file() or broken_link(path):
             files.setdefault(path.name.lower(), path)
     return files
 
 
 def _images_in(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
-    """Sorted image files directly in `folder` (empty when it does not exist)."""
+    """Sorted image files directly in `folder` (empty when it does not exist), broken symbolic
+    links with an image's name included: reading one reports it, and the set never shrinks silently."""
     if not folder.is_dir():
         return []
     return sorted(
         path for path in folder.iterdir()
-        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith(".")
+        if (path.is_file() or broken_link(path)) and path.suffix.lower() in suffixes and not path.name.startswith(".")
     )
 
 
@@ -446,3 +478,11 @@ def _subfolders(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+
+
+def _broken_links_in(folder: Path) -> list[Path]:
+    """Sorted visible broken symbolic links directly in `folder`: where subfolders are expected, each
+    may have been one (a defect type, a category) and must be reported, not skipped."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if broken_link(path) and not path.name.startswith("."))

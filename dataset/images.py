@@ -6,17 +6,18 @@ stops the run before any training starts.
 """
 
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
 from dataset import nsa, pseudo, simplex
-from dataset.folders import TestSample
+from dataset.folders import TestSample, broken_link
 from utils.errors import InputError
+from utils.progress import progress
 
 # ImageNet statistics the teacher was trained with (paper Sec. 4.1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,6 +25,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
+
+# PIL refuses images over 2 * Image.MAX_IMAGE_PIXELS (about 179 megapixels), and warns over half that,
+# as possible decompression bombs: files made to claim a size their few bytes expand to, to exhaust a
+# server's memory. A dataset is the user's own files, and line-scan cameras take larger images, so our
+# reads lift PIL's limit and refuse only images over this bound: 32768 x 32768, 3 GiB decoded as RGB.
+MAX_PIXELS = 2**30
 
 # The modes PIL gives grayscale of more than 8 bits: 16-bit files (PNG, TIFF) and
 # "I", 32-bit signed integers. Converting them to "L" or "RGB" would clip, not scale.
@@ -83,13 +90,45 @@ def mask_problem(path: Path, values: np.ndarray) -> str | None:
 
 
 def _open(path: Path) -> Image.Image:
-    """Open and fully decode one file; an InputError naming it when that fails."""
+    """Open and fully decode one file; an InputError naming it when that fails or when the image
+    has more than MAX_PIXELS pixels (checked on its header, before decoding)."""
     try:
-        with Image.open(path) as image:
+        with _pil_limit_lifted, Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(f"Image {path} is {image.width}x{image.height} pixels, more than the"
+                                 f" {MAX_PIXELS:,} (dataset.images.MAX_PIXELS) this program decodes; save it"
+                                 " smaller or cut it into tiles.")
             image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f"Cannot read image {path} ({error}); replace or remove the file.") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        unreadable = f"Cannot read image {path} ({error}); replace or remove the file."
+        raise InputError(broken_link(path) or unreadable) from None
     return image
+
+
+class _PILLimitLifted:
+    """A context manager: PIL's pixel limit (Image.MAX_IMAGE_PIXELS) is off while any thread is inside,
+    and set back to what it was when the last one leaves. check_files reads on a thread pool: each
+    thread restoring the limit on its own would switch it back on under another's feet."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._limit = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            self._inside += 1
+
+    def __exit__(self, *exception) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                Image.MAX_IMAGE_PIXELS = self._limit
+
+
+_pil_limit_lifted = _PILLimitLifted()
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -269,7 +308,7 @@ def _preload(paths: list[Path], image_size: int, description: str) -> np.ndarray
     """Decode and resize every image once. Returns (N, S, S, 3) uint8, read-only so
     that no augmentation can alter the cache in place."""
     images = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    for i, path in enumerate(tqdm(paths, desc=description, leave=False)):
+    for i, path in enumerate(progress(paths, desc=description, leave=False)):
         images[i] = load_image(path, image_size)
     images.flags.writeable = False
     return images

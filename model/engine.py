@@ -6,7 +6,6 @@ shared by every method, main.py, --predict and the benchmark.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import random
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from model.mrkd import MRKD
 from model.settings import Machine, Scoring, Training
 from utils.config import FORMAT
 from utils.errors import InputError
+from utils.files import atomic_write
 
 
 class Diverged(Exception):
@@ -329,7 +329,8 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
     """State dicts of the trained parts (and of the optimiser unless None), the epoch, and the
     Training settings that shaped them with the run format (`config`).
 
-    Written to a temporary file and renamed, so a crash never leaves a broken checkpoint.
+    Written through utils.files.atomic_write: a failed write (a full disk) is an InputError naming
+    the file, and the previous checkpoint stays as it was, so training can resume from it.
     """
     state = {
         **{name: part.state_dict() for name, part in model.trained_parts().items()},
@@ -339,15 +340,8 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except (OSError, RuntimeError) as error:  # a full disk: torch.save raises RuntimeError
-        temporary.unlink(missing_ok=True)
-        reason = next(iter(str(error).splitlines()), type(error).__name__)
-        raise InputError(f"Cannot write the checkpoint {path} ({reason}); the previous one, if any, is kept: free "
-                         f"space on that disk and rerun with --resume=True.") from None
+    with atomic_write(path) as file:
+        torch.save(state, file)
 
 
 def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

@@ -15,6 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.progress import progress
+
 from dataset import ImageFiles, images_under
 from model.engine import Execution, build, load_weights, pick_device, predict, read_trained, seed_everything
 from model.export import Decision, export_onnx
@@ -93,7 +95,7 @@ def predict_category(settings: Settings, category: str, reference: Predictions, 
     loader = DataLoader(ImageFiles(files, training.image_size), batch_size=training.batch_size,
                         num_workers=settings.machine.workers, pin_memory=device.type == "cuda")
     rows, unreadable = [], []
-    bar = tqdm(total=len(files), desc=f"{category} scoring", unit="image", dynamic_ncols=True, leave=False)
+    bar = progress(total=len(files), desc=f"{category} scoring", unit="image", leave=False)
     for indices, images, pixels, problems in loader:
         readable = [k for k, problem in enumerate(problems) if not problem]
         unreadable += [problem for problem in problems if problem]

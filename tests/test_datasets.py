@@ -2,6 +2,7 @@
 
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +234,7 @@ def test_every_missing_mask_of_a_category_is_reported_at_once(tmp_path):
     with pytest.raises(InputError) as error:
         category_files("mvtec", tmp_path, "bottle")
     lines = str(error.value).splitlines()
-    assert lines[0] == "3 defect images have no ground-truth mask; add these files:"
+    assert lines[0] == f"3 problems with the files of {folder}; fix each:"
     assert [line.split()[2] for line in lines[1:]] == [
         str(folder / "test" / defect / f"{name}.png")
         for defect, name in [("broken", "000"), ("crack", "000"), ("crack", "001")]]
@@ -362,6 +363,176 @@ def test_check_files_gives_a_single_problem_as_one_sentence(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"Cannot read image {broken} (") and message.endswith("; replace or remove the file.")
+
+
+# ---- symbolic links -------------------------------------------------------
+
+def _broken(link: Path) -> str:
+    """The start of the sentence naming the broken link `link`."""
+    return f"{link} is a broken symbolic link: its target {link.parent / 'gone'} does not exist;"
+
+
+def _link_to_nothing(link: Path) -> Path:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(link.parent / "gone")
+    return link
+
+
+def test_links_that_resolve_are_followed(tmp_path):
+    """Datasets behind links (a scratch disk, a shared folder): the root, a category, a folder, a file."""
+    storage = _mvtec(tmp_path / "storage")
+    (tmp_path / "shared_train").mkdir()
+    (storage / "train" / "good").rename(tmp_path / "shared_train" / "good")
+    (storage / "train" / "good").symlink_to(tmp_path / "shared_train" / "good")
+    image = storage / "test" / "crack" / "001.png"
+    image.rename(tmp_path / "001.png")
+    image.symlink_to(tmp_path / "001.png")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bottle").symlink_to(storage)
+    (tmp_path / "linked_root").symlink_to(tmp_path / "data")
+    files = category_files("mvtec", tmp_path / "linked_root", "bottle")
+    assert len(files.train) == 3 and len(files.test) == 5 and image.name in [s.image.name for s in files.test]
+    check_files({"bottle": files})
+    assert TestImages(files.test, 16).images.any()
+
+
+def test_broken_links_to_images_and_masks_are_listed_with_the_unreadable_files(tmp_path):
+    folder = _mvtec(tmp_path)
+    train_link = _link_to_nothing(folder / "train" / "good" / "003.png")
+    test_link = _link_to_nothing(folder / "test" / "good" / "002.png")
+    mask = folder / "ground_truth" / "crack" / "000_mask.png"
+    mask.unlink()
+    _link_to_nothing(mask)
+    files = category_files("mvtec", tmp_path, "bottle")
+    # Counted, not dropped: 3 + 1 training images, 5 + 1 test images.
+    assert len(files.train) == 4 and len(files.test) == 6
+    garbage = folder / "test" / "broken" / "000.png"
+    garbage.write_bytes(b"not an image")
+    with pytest.raises(InputError) as error:
+        check_files({"bottle": files})
+    lines = str(error.value).splitlines()
+    assert lines[0] == "4 problems in the dataset files; fix or replace each file named:"
+    assert lines[1].startswith("  " + _broken(train_link))
+    assert lines[2].startswith(f"  Cannot read image {garbage} (")
+    assert lines[3].startswith("  " + _broken(mask))
+    assert lines[4].startswith("  " + _broken(test_link))
+    with pytest.raises(InputError, match=re.escape(_broken(train_link))):
+        TrainImages(files.train, "bottle", 16)
+
+
+def test_broken_links_where_folders_belong_are_reported_together(tmp_path):
+    folder = _mvtec(tmp_path)
+    shutil.rmtree(folder / "ground_truth" / "crack")
+    mask_folder = _link_to_nothing(folder / "ground_truth" / "crack")
+    test_folder = _link_to_nothing(folder / "test" / "scratch")
+    (folder / "ground_truth" / "broken" / "000_mask.png").unlink()
+    with pytest.raises(InputError) as error:
+        category_files("mvtec", tmp_path, "bottle")
+    lines = str(error.value).splitlines()
+    # The mask folder's link is named once, not once per image of the crack folder.
+    assert lines[0] == f"3 problems with the files of {folder}; fix each:"
+    assert lines[1].startswith("  " + _broken(test_folder))
+    assert lines[2].startswith(f"  Defect image {folder / 'test' / 'broken' / '000.png'} has no ground-truth mask")
+    assert lines[3].startswith("  " + _broken(mask_folder))
+
+
+@pytest.mark.parametrize("broken", ["root", "category", "train", "test"])
+def test_a_broken_link_on_the_way_to_the_files_is_named(tmp_path, broken):
+    folder = _mvtec(tmp_path / "data")
+    link = {"root": tmp_path / "data", "category": folder, "train": folder / "train" / "good",
+            "test": folder / "test"}[broken]
+    shutil.rmtree(link)
+    _link_to_nothing(link)
+    with pytest.raises(InputError) as error:
+        category_files("mvtec", tmp_path / "data", "bottle")
+    assert str(error.value).startswith(_broken(link)) and "\n" not in str(error.value)
+
+
+def test_broken_links_in_the_visa_and_mtd_layouts(tmp_path):
+    visa = _visa(tmp_path / "visa")
+    image = visa / "pcb1" / "Data" / "Images" / "Normal" / "0001.JPG"
+    image.unlink()
+    _link_to_nothing(image)
+    masks = visa / "pcb1" / "Data" / "Masks"
+    shutil.rmtree(masks)
+    _link_to_nothing(masks)
+    with pytest.raises(InputError) as error:
+        category_files("visa", visa, "pcb1")
+    lines = str(error.value).splitlines()
+    assert lines[0] == "2 problems with the VisA files of pcb1; fix each:"
+    assert lines[1].startswith("  " + _broken(image)) and lines[2].startswith("  " + _broken(masks))
+
+    mtd = _mtd(tmp_path / "mtd")
+    defect = _link_to_nothing(mtd / "MT_Fray")
+    mask = mtd / "MT_Crack" / "Imgs" / "MT_Crack_1.png"
+    mask.unlink()
+    _link_to_nothing(mask)
+    with pytest.raises(InputError, match=re.escape(_broken(defect))):
+        category_files("mtd", mtd, "mtd")
+    defect.unlink()
+    files = category_files("mtd", mtd, "mtd")
+    with pytest.raises(InputError, match=re.escape(_broken(mask))):
+        check_files({"mtd": files})
+
+
+def test_images_under_follow_links_and_keep_broken_ones(tmp_path):
+    elsewhere = _write(tmp_path / "elsewhere" / "batch" / "b.png", _noise(0)).parent
+    folder = tmp_path / "to_score"
+    found = [_write(folder / "a.png", _noise(1))]
+    (folder / "batch").symlink_to(elsewhere)
+    (folder / "batch" / "again").symlink_to(folder)  # a loop: walked once
+    broken_image = _link_to_nothing(folder / "c.png")
+    broken_folder = _link_to_nothing(folder / "d")  # perhaps a folder of images
+    listed = folders.images_under(folder)
+    assert listed == sorted([*found, folder / "batch" / "b.png", broken_image, broken_folder])
+    # Scoring reads the others and reports the broken links with the unreadable files.
+    problems = dict(zip(listed, (problem for _, _, _, problem in images.ImageFiles(listed, 16))))
+    assert [path for path, problem in problems.items() if problem] == [broken_image, broken_folder]
+    assert problems[broken_image].startswith(_broken(broken_image))
+
+
+def test_a_broken_link_given_to_score_is_named(tmp_path):
+    link = _link_to_nothing(tmp_path / "to_score")
+    with pytest.raises(InputError, match=re.escape(_broken(link))):
+        folders.images_under(link)
+
+
+# ---- the data folder, the split file, very large images -------------------
+
+@pytest.mark.parametrize("dataset", ["mvtec", "visa"])
+def test_a_data_dir_that_is_a_file_is_called_a_file(tmp_path, dataset):
+    file = tmp_path / "data.zip"
+    file.write_bytes(b"PK")
+    with pytest.raises(InputError) as error:
+        category_files(dataset, file, folders.CATEGORIES[dataset][0])
+    assert str(error.value).startswith(f"Dataset folder {file} is a file, not a folder; give the folder that holds")
+
+
+def test_a_visa_split_file_with_a_byte_order_mark_is_read(tmp_path):
+    root = _visa(tmp_path)
+    split = root / "split_csv" / "1cls.csv"
+    split.write_text(split.read_text(), encoding="utf-8-sig")  # as a spreadsheet program saves it
+    assert split.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert folders.list_categories("visa", root) == ("pcb1", "candle")
+    assert len(category_files("visa", root, "pcb1").train) == 2
+
+
+def test_images_over_pils_limit_are_read_up_to_ours(tmp_path, monkeypatch):
+    """PIL's decompression-bomb limit stands in small (100 pixels) for its 89 megapixels, ours (1000) for 2**30."""
+    folder = _mvtec(tmp_path)  # 32x32 images: over 2 * 100 pixels, so PIL alone would refuse them
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    files = category_files("mvtec", tmp_path, "bottle")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        check_files({"bottle": files}, workers=4)
+        assert images.load_image(files.train[0], 16).shape == (16, 16, 3)
+    assert Image.MAX_IMAGE_PIXELS == 100  # lifted for our reads only
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    image = folder / "train" / "good" / "000.png"
+    with pytest.raises(InputError) as error:
+        images.load_image(image, 16)
+    assert str(error.value) == (f"Image {image} is 32x32 pixels, more than the 1,000 (dataset.images.MAX_PIXELS)"
+                                " this program decodes; save it smaller or cut it into tiles.")
 
 
 # ---- loading --------------------------------------------------------------

@@ -1,5 +1,8 @@
-"""The one exception type for bad user input, and its one formatter."""
+"""The one exception type for bad user input, its one formatter, and the words of a library's error
+worth showing a user."""
 from __future__ import annotations
+
+import re
 
 LISTED_PROBLEMS = 20  # a longer list of problems is cut here, with the count of the rest
 
@@ -25,3 +28,13 @@ class InputError(Exception):
         if len(problems) > LISTED_PROBLEMS:
             lines.append(f"  ... and {len(problems) - LISTED_PROBLEMS} more.")
         return cls("\n".join(lines))
+
+
+def reason(error: Exception) -> str:
+    """The cause of `error` in a few words, to put in parentheses in an InputError: the system's words
+    for an OSError, else the first sentence of its message without the source location that torch's
+    and gloo's C++ code put first ("[enforce fail at inline_container.cc:672] . unexpected pos ...")."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = re.sub(r"^\[[^\]]*\][\s.]*", "", str(error).strip())
+    return text.split(". ")[0].splitlines()[0] if text else type(error).__name__

@@ -17,6 +17,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 
+from utils.files import atomic_write
 from utils.metrics import METRICS, roc_curve
 from utils.predictions import Predictions
 
@@ -273,4 +274,5 @@ def _grid(titles: list[str] | tuple[str, ...], row_labels: list[str]) -> tuple[F
 def _save(figure: Figure, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI)
+    with atomic_write(path) as file:
+        figure.savefig(file, dpi=DPI, format=path.suffix.lstrip("."))  # a file object has no suffix to go by

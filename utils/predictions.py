@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.files import atomic_write
 from utils.metrics import roc_curve
 
 
@@ -50,9 +51,11 @@ class Predictions:
         return dict(zip(self.metrics_names.tolist(), self.metrics_values.tolist()))
 
     def save(self, path: Path) -> None:
+        """Written atomically (utils/files.py): a failed write keeps the previous file."""
         values = asdict(self)
         values["threshold"] = np.float64(np.nan if self.threshold is None else self.threshold)
-        np.savez_compressed(path, **values)
+        with atomic_write(Path(path)) as file:  # a file object: given a name, NumPy would append .npz to it
+            np.savez_compressed(file, **values)
 
     @classmethod
     def load(cls, path: Path) -> Predictions:

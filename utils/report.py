@@ -4,9 +4,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
+from utils.files import write_atomically
 from utils.metrics import METRICS, MVTEC_AD_2_METRICS, RULE_LABELS, THRESHOLD_RULES
 # Which of our metrics each of the paper's three numbers is comparable with
 # (the paper's AU-PRO was computed per image by the authors' code).
@@ -159,10 +159,3 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomically(path, spreadsheet.getvalue())
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a temporary file and rename it, so a crash never leaves a half-written file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
