@@ -14,11 +14,9 @@ lists comma-separated; none for no value).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,23 +122,23 @@ from dataset import (CategoryFiles, EpochSampler, TestImages, TrainImages, categ
 from dataset.check import check_files  # noqa: E402
 from dataset.demo import DEMO_DATASETS  # noqa: E402
 from model.engine import (Diverged, Trainer, build, level1_features, load_weights, pick_device,  # noqa: E402
-                          Trained, predict, read_trained, save_checkpoint, seed_everything, train_epoch)
+                          predict, save_checkpoint, seed_everything, train_epoch)
 from model.evaluation import decide  # noqa: E402
 from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
 from model.methods import OBJECTIVES  # noqa: E402
+from model.policy import category_settings, claim, resumable, usable  # noqa: E402
 from model.predict import export_run, predict_run  # noqa: E402
-from model.settings import BUNDLES, Settings, Training, recorded, resolve  # noqa: E402
+from model.settings import BUNDLES, Settings, recorded, resolve  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.config import described_constants, parse_overrides  # noqa: E402
 from utils.errors import InputError  # noqa: E402
-from utils.paper import RDPP_EPOCHS  # noqa: E402
 from utils.figures import draw_category, pca_project  # noqa: E402
 from utils.predictions import Predictions  # noqa: E402
 from utils.presets import PRESETS, slug  # noqa: E402
 from utils.progress import progress  # noqa: E402
 from utils.ranks import Ranks, run_together  # noqa: E402
-from utils.report import category_line, over_seeds, write_atomically, write_tables  # noqa: E402
+from utils.report import category_line, over_seeds, write_tables  # noqa: E402
 from utils.runs import RunFolders, RunLock, make_folder  # noqa: E402
 
 
@@ -149,8 +147,7 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
     """Adam over theta_B, theta_S, theta_G for EPOCHS epochs (Algorithm 1), resumable.
 
     The optimiser state is kept in the checkpoint only while the category trains: after
-    the last epoch the checkpoint holds the weights alone. config.json is written once the
-    training starts, so that a refused resume leaves it as it was. With SELECT=best_on_test
+    the last epoch the checkpoint holds the weights alone. With SELECT=best_on_test
     the model ends with the weights of the best evaluation on the test set (the checkpoint
     keeps the last epoch's) and the epoch of those weights is returned.
     """
@@ -213,16 +210,6 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
     return best[1]
 
 
-def resumable(checkpoint: Path, device: torch.device, training: Training) -> Trained:
-    """The checkpoint a resume goes on from, refused with one sentence when it cannot: other
-    Training settings, or a finished training (its optimiser state dropped) asked for more epochs."""
-    trained = read_trained(checkpoint, device, training, "resume")
-    if trained.epoch < training.epochs and "optimizer" not in trained.state:
-        raise InputError(f"{checkpoint} holds a finished training ({trained.epoch} epochs) without its optimiser "
-                         f"state; train a new run to go on to {training.epochs} epochs.")
-    return trained
-
-
 def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
                       ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
@@ -232,14 +219,6 @@ def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
     scores, maps = predict(trainer.model, loader, trainer.device, settings.scoring, trainer.execution,
                            settings.training.seed)
     return metrics.evaluate(test_set.labels, scores, test_set.masks, maps), scores, maps
-
-
-def category_settings(settings: Settings, category: str) -> Settings:
-    """A category's settings: with CATEGORY_EPOCHS=rdpp, the epochs RD++'s release trains it for."""
-    if not settings.run.category_epochs:
-        return settings
-    return replace(settings, training=replace(settings.training,
-                                              epochs=RDPP_EPOCHS.get(category, settings.training.epochs)))
 
 
 def run_category(settings: Settings, category: str, files: CategoryFiles, device: torch.device,
@@ -260,12 +239,8 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
     status = "ok"
     if settings.mode.eval_only:
         checkpoint = folders.checkpoints / f"{category}.pt"
-        trained = read_trained(checkpoint, device, training, "evaluate")
-        if not trained.finished:
-            if not settings.mode.partial:
-                raise InputError(f"{checkpoint} has trained {trained.epoch} of {trained.training.epochs} epochs; "
-                                 f"finish it with --resume=True, or evaluate it as it is with --partial=True.")
-            status = f"partial: epoch {trained.epoch} of {trained.training.epochs}"
+        trained, partial = usable(checkpoint, device, settings, "evaluate")
+        status = partial or status
         load_weights(model, trained, checkpoint)
     else:
         try:
@@ -291,41 +266,6 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
                    decision["threshold"], decision["threshold_rule"], test_set.masks, maps, test_set.images, examples,
                    *features).save(folders.results / "predictions" / f"{category}.npz")
     return {"category": category, **values, **decision, "status": status, "protocol": "; ".join(protocol)}
-
-
-def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: dict[Path, Any]) -> None:
-    """Take the run's lock, check that this command may use the run's folders, then create them
-    and, for a training, write config.json.
-
-    A new training refuses a run that exists (one that wrote checkpoints or predictions),
-    unless --overwrite=True, or --demo replacing an earlier demo run; --resume and
-    --eval_only need it to exist, and a resume needs each of its `checkpoints` that exists to
-    accept the Training settings it maps to: config.json changes only when a training starts
-    or resumes.
-    """
-    mode, run = settings.mode, settings.run
-    missing = (f"Run {run.run_name!r} has no checkpoint to {mode.use} in {folders.checkpoints}; train it (anew, "
-               f"without --{(mode.use or '').replace('evaluate', 'eval_only')}), or give the --run_name and "
-               f"--checkpoint_dir it was trained with.")
-    if mode.use is not None and not folders.written():  # refused before the lock makes its folder
-        raise InputError(missing)
-    lock.acquire()
-    exists = folders.written()
-    if mode.use is None and exists:
-        earlier_demo = (folders.config() or {}).get("DEMO") is True
-        if not (mode.overwrite or (run.demo and earlier_demo)):
-            raise InputError(f"A run named {run.run_name!r} exists in {folders.results}; choose another --run_name, "
-                             f"or --resume=True, --eval_only=True or --overwrite=True.")
-        folders.replace()
-    if mode.use is not None and not exists:  # another process replaced it meanwhile
-        raise InputError(missing)
-    if mode.resume:
-        for checkpoint, training in checkpoints.items():
-            if checkpoint.exists():
-                resumable(checkpoint, torch.device("cpu"), training)
-    make_folder(folders.results)
-    if mode.use in (None, "resume"):
-        write_atomically(folders.results / "config.json", json.dumps(settings.record(), indent=2) + "\n")
 
 
 def run_categories(settings: Settings, folders: RunFolders, check_data: bool = True) -> list[dict[str, Any]]:

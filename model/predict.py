@@ -18,9 +18,10 @@ from tqdm import tqdm
 from utils.progress import progress
 
 from dataset import ImageFiles, images_under
-from model.engine import Execution, build, load_weights, pick_device, predict, read_trained, seed_everything
+from model.engine import Execution, build, load_weights, pick_device, predict, seed_everything
 from model.export import Decision, export_onnx
 from model.mrkd import MRKD
+from model.policy import usable
 from model.settings import Settings
 from utils import metrics
 from utils.errors import InputError
@@ -62,20 +63,12 @@ def trained_model(settings: Settings, category: str, device, folders: RunFolders
                   ) -> tuple[MRKD, Execution, str]:
     """The category's trained model as main.py built it, its execution, and "" or a note saying
     that its checkpoint has not finished its epochs (refused unless --partial=True)."""
-    training = settings.training
-    seed_everything(training.seed)  # a teacher with random weights (WEIGHTS=none) comes from the seed
-    model, execution = build(training, settings.machine, device)
+    seed_everything(settings.training.seed)  # a teacher with random weights (WEIGHTS=none) comes from the seed
+    model, execution = build(settings.training, settings.machine, device)
     checkpoint = folders.checkpoints / f"{category}.pt"
-    trained = read_trained(checkpoint, device, training, "predict")
-    partial = ""
-    if not trained.finished:
-        if not settings.mode.partial:
-            raise InputError(f"{checkpoint} has trained {trained.epoch} of {trained.training.epochs} epochs; finish "
-                             f"it with --run_name={settings.run.run_name} --resume=True"
-                             f"{'' if settings.mode.export else ', or score with it as it is with --partial=True'}.")
-        partial = f" (partial: epoch {trained.epoch} of {trained.training.epochs})"
+    trained, partial = usable(checkpoint, device, settings, "predict")
     load_weights(model, trained, checkpoint)
-    return model, execution, partial
+    return model, execution, f" ({partial})" if partial else ""
 
 
 def predict_category(settings: Settings, category: str, reference: Predictions, files: list[Path], root: Path,

@@ -23,7 +23,7 @@ from utils.errors import InputError
 
 SIZE = 64
 SEED = 111
-SNIPPET = Path(__file__).resolve().parents[1] / "model" / "EXPORT_SNIPPET.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 SETTINGS = {"BACKBONE": "resnet18", "WEIGHTS": None, "IMAGE_SIZE": SIZE, "SCORE_LEVELS": [1, 2, 3]}
 
 
@@ -65,9 +65,9 @@ def max_export(tmp_path_factory):
 
 
 def snippet_lines():
-    """The lines between the ```python fences of EXPORT_SNIPPET.md, as they are."""
-    text = SNIPPET.read_text()
-    return text.split("```python\n", 1)[1].split("```", 1)[0]
+    """The lines between the ```python fences of the README's section on the ONNX export, as they are."""
+    section = README.read_text().split("### Scoring without PyTorch: the ONNX export", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_snippet_scores_with_onnxruntime_alone_as_pytorch_does(max_export, tmp_path):

@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from model.engine import read_checkpoint, save_checkpoint
-from tests.helpers import model_for
+from tests.helpers import model_for, settings_of
 from utils import files, report
 from utils.errors import InputError
-from utils.figures import figure_overlay, load_predictions, save_predictions
+from utils.figures import figure_overlay
+from utils.predictions import Predictions
+
+TRAINING = settings_of({"DEMO": True}).training
 
 
 class NearlyFullDisk(io.FileIO):
@@ -46,11 +49,11 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, full_disk, monkeypa
     model = model_for("resnet18")
     path = tmp_path / "checkpoints" / "bottle.pt"
     monkeypatch.setattr(NearlyFullDisk, "ROOM", 10**9)
-    save_checkpoint(path, model, None, 1, {"EPOCHS": 1})
+    save_checkpoint(path, model, None, 1, TRAINING)
     before = path.read_bytes()
     monkeypatch.setattr(NearlyFullDisk, "ROOM", len(before) // 2)
     with pytest.raises(InputError) as error:
-        save_checkpoint(path, model, None, 2, {"EPOCHS": 2})
+        save_checkpoint(path, model, None, 2, TRAINING)
     assert_kept(path, before, error)
     assert read_checkpoint(path, torch.device("cpu"))["epoch"] == 1  # training can resume from it
 
@@ -59,7 +62,7 @@ def test_torchs_runtime_error_on_a_full_disk_is_one_sentence(tmp_path, monkeypat
     """Writing to a path of its own, torch reports a full disk as RuntimeError, not OSError."""
     model = model_for("resnet18")
     path = tmp_path / "bottle.pt"
-    save_checkpoint(path, model, None, 1, {"EPOCHS": 1})
+    save_checkpoint(path, model, None, 1, TRAINING)
     before = path.read_bytes()
 
     def fail_halfway(state, file):
@@ -68,7 +71,7 @@ def test_torchs_runtime_error_on_a_full_disk_is_one_sentence(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", fail_halfway)
     with pytest.raises(InputError) as error:
-        save_checkpoint(path, model, None, 2, {"EPOCHS": 2})
+        save_checkpoint(path, model, None, 2, TRAINING)
     assert_kept(path, before, error)
     assert f"Cannot write {path} (unexpected pos 704 vs 598);" in str(error.value)
 
@@ -79,11 +82,11 @@ def test_a_full_disk_keeps_the_previous_predictions_figure_and_table(tmp_path, f
     masks[2:, 4:8, 4:8] = True
     features = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
     arguments = ("bottle", rng.random(4).astype(np.float32), np.array([0, 0, 1, 1]), ["good", "good", "crack", "crack"],
-                 {"image_auroc": 1.0}, 0.5, masks, rng.random((4, 16, 16)).astype(np.float32),
+                 {"image_auroc": 1.0}, 0.5, "f1_test", masks, rng.random((4, 16, 16)).astype(np.float32),
                  rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), np.array([2, 3]), features, features)
     written = {
-        tmp_path / "predictions" / "bottle.npz": lambda path: save_predictions(path, *arguments),
-        tmp_path / "figures" / "new.png": lambda path: figure_overlay(arguments[8][0], arguments[7][0], (0.0, 1.0),
+        tmp_path / "predictions" / "bottle.npz": lambda path: Predictions.of(*arguments).save(path),
+        tmp_path / "figures" / "new.png": lambda path: figure_overlay(arguments[9][0], arguments[8][0], (0.0, 1.0),
                                                                         "new.png", path),
         tmp_path / "results" / "metrics.csv": lambda path: report.write_csv(path, ["category"], [{"category": "a"}]),
         tmp_path / "run" / "config.json": lambda path: report.write_atomically(path, "{}\n"),
@@ -97,7 +100,7 @@ def test_a_full_disk_keeps_the_previous_predictions_figure_and_table(tmp_path, f
         with pytest.raises(InputError) as error:
             write(path)
         assert_kept(path, before, error)
-    assert load_predictions(tmp_path / "predictions" / "bottle.npz")["category"] == "bottle"
+    assert Predictions.load(tmp_path / "predictions" / "bottle.npz").category == "bottle"
 
 
 @pytest.mark.parametrize("stage", ["fsync", "rename"])
