@@ -116,7 +116,7 @@ import numpy as np  # noqa: E402  (after the constants, so they stay at the top 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from dataset import CATEGORIES as DATASET_CATEGORIES  # noqa: E402
+from dataset import DATASET_CATEGORIES  # noqa: E402
 from dataset import (CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker,  # noqa: E402
                      with_validation)
 from dataset.check import check_files  # noqa: E402
@@ -333,7 +333,7 @@ def usage() -> str:
             f"What --demo sets:\n  {DEMO_CONFIG}\n\nWhat each --method sets:\n{methods}\n")
 
 
-def run(overrides: dict[str, Any]) -> list[dict[str, Any]]:
+def run_command(overrides: dict[str, Any]) -> list[dict[str, Any]]:
     """The main job: every category, or with EXPERIMENT every row of a preset; with PREDICT,
     new images scored by a trained run."""
     if overrides.get("PREDICT") or overrides.get("EXPORT"):
@@ -357,7 +357,7 @@ def main(argv: list[str]) -> int:
         return 0
     elements = {name: kind for part in BUNDLES for name, kind in part.element_types().items()}
     try:  # every rank stops at once on bad input, the sentence printed once (utils/ranks.py)
-        return run_together(lambda: exit_status(run(parse_overrides(CONSTANTS, argv, elements))))
+        return run_together(lambda: exit_status(run_command(parse_overrides(CONSTANTS, argv, elements))))
     except KeyboardInterrupt:
         print("\ninterrupted; rerun with --resume=True to continue from the last checkpoint", file=sys.stderr)
         return 130

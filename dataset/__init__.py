@@ -3,7 +3,7 @@
 
 from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 from dataset.folders import (
-    CATEGORIES,
+    DATASET_CATEGORIES,
     DATASET_URLS,
     HOLD_OUT_FRACTION,
     MTD_SPLIT_SEED,
@@ -32,7 +32,7 @@ from dataset.images import (
 )
 
 __all__ = [
-    "CATEGORIES",
+    "DATASET_CATEGORIES",
     "DATASET_URLS",
     "HOLD_OUT_FRACTION",
     "IMAGENET_MEAN",

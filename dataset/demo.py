@@ -27,7 +27,7 @@ from scipy import ndimage
 
 DEMO_VERSION = "mrkd-demo-1"  # bump when the drawing changes, to regenerate old folders
 MARKER = ".demo_version"
-CATEGORIES = ("demo_texture", "demo_object")
+DEMO_CATEGORIES = ("demo_texture", "demo_object")
 DEFECTS = ("scratch", "spot", "missing", "color")
 SIZE = 128  # side of every image, in pixels
 N_TRAIN = 40
@@ -67,8 +67,8 @@ def make_demo_dataset(root: Path, seed: int = 0) -> tuple[str, ...]:
     root = Path(root)
     stamp = f"{DEMO_VERSION} seed={seed}\n"
     if _is_written(root, stamp):
-        return CATEGORIES
-    for category in CATEGORIES:
+        return DEMO_CATEGORIES
+    for category in DEMO_CATEGORIES:
         shutil.rmtree(root / category, ignore_errors=True)
     for category, split, defect, i, sample in _samples(seed):
         folder = root / category
@@ -76,7 +76,7 @@ def make_demo_dataset(root: Path, seed: int = 0) -> tuple[str, ...]:
         if defect is not None:
             _save(sample.mask.astype(np.uint8) * 255, folder / "ground_truth" / defect / f"{i:03d}_mask.png")
     (root / MARKER).write_text(stamp)  # last, so that an interrupted generation is redone
-    return CATEGORIES
+    return DEMO_CATEGORIES
 
 
 def make_demo_visa(root: Path, seed: int = 0) -> tuple[str, ...]:
@@ -91,8 +91,8 @@ def make_demo_visa(root: Path, seed: int = 0) -> tuple[str, ...]:
     root = Path(root)
     stamp = f"{DEMO_VERSION} visa seed={seed}\n"
     if _is_written(root, stamp) and (root / "split_csv" / "1cls.csv").is_file():
-        return CATEGORIES
-    for category in CATEGORIES:
+        return DEMO_CATEGORIES
+    for category in DEMO_CATEGORIES:
         shutil.rmtree(root / category, ignore_errors=True)
     rows = [("object", "split", "label", "image", "mask")]
     numbers = {}  # (category, Normal or Anomaly) -> images written so far
@@ -112,7 +112,7 @@ def make_demo_visa(root: Path, seed: int = 0) -> tuple[str, ...]:
     (root / "split_csv").mkdir(parents=True, exist_ok=True)
     (root / "split_csv" / "1cls.csv").write_text(table.getvalue())
     (root / MARKER).write_text(stamp)  # last, so that an interrupted generation is redone
-    return CATEGORIES
+    return DEMO_CATEGORIES
 
 
 def make_demo_mvtec_ad_2(root: Path, seed: int = 0) -> tuple[str, ...]:
@@ -129,10 +129,10 @@ def make_demo_mvtec_ad_2(root: Path, seed: int = 0) -> tuple[str, ...]:
     root = Path(root)
     stamp = f"{DEMO_VERSION} mvtec_ad_2 seed={seed}\n"
     if _is_written(root, stamp):
-        return CATEGORIES
-    for category in CATEGORIES:
+        return DEMO_CATEGORIES
+    for category in DEMO_CATEGORIES:
         shutil.rmtree(root / category, ignore_errors=True)
-    for index, category in enumerate(CATEGORIES):
+    for index, category in enumerate(DEMO_CATEGORIES):
         for number, (split, count) in enumerate(AD2_COUNTS.items()):
             for i in range(count):
                 if split == "test_public/bad":
@@ -149,20 +149,20 @@ def make_demo_mvtec_ad_2(root: Path, seed: int = 0) -> tuple[str, ...]:
                     _save(sample.mask[AD2_ROWS].astype(np.uint8) * 255,
                           root / category / "test_public" / "ground_truth" / "bad" / f"{name}_mask.png")
     (root / MARKER).write_text(stamp)  # last, so that an interrupted generation is redone
-    return CATEGORIES
+    return DEMO_CATEGORIES
 
 
 def _is_written(root: Path, stamp: str) -> bool:
     """Whether `root` holds a finished generation stamped `stamp` (version, layout and seed)."""
     marker = root / MARKER
-    return marker.is_file() and marker.read_text() == stamp and all((root / c).is_dir() for c in CATEGORIES)
+    return marker.is_file() and marker.read_text() == stamp and all((root / c).is_dir() for c in DEMO_CATEGORIES)
 
 
 def _samples(seed: int) -> Iterator[tuple[str, str, str | None, int, DemoSample]]:
     """Every demo image, category by category: (category, split, defect or None for a normal
     image, index within its folder, sample). Each is drawn from its own seed, so both layouts
     hold the same images."""
-    for index, category in enumerate(CATEGORIES):
+    for index, category in enumerate(DEMO_CATEGORIES):
         for i in range(N_TRAIN):
             yield category, "train", None, i, make_sample(category, None, np.random.default_rng([seed, index, 0, i]))
         for i in range(N_TEST_GOOD):

@@ -36,7 +36,7 @@ MVTEC_AD_2_CATEGORIES = (
 )
 # The categories each dataset is evaluated on by default; the MVTec layout
 # accepts any other category name too (custom data).
-CATEGORIES = {
+DATASET_CATEGORIES = {
     "mvtec": MVTEC_CATEGORIES,
     "btad": ("01", "02", "03"),
     "mtd": ("mtd",),
@@ -157,7 +157,7 @@ def list_categories(dataset: str, root: str | Path) -> tuple[str, ...]:
     the objects of its split file, in their order there)."""
     root = _checked_root(dataset, root)
     if dataset == "mtd":
-        return CATEGORIES["mtd"]
+        return DATASET_CATEGORIES["mtd"]
     if dataset == "visa":
         return tuple(dict.fromkeys(row["object"] for _, row in _visa_rows(root)))
     return tuple(folder.name for folder in _subfolders(root))
@@ -199,9 +199,9 @@ def images_under(path: str | Path) -> list[Path]:
 
 
 def _checked_root(dataset: str, root: str | Path) -> Path:
-    if dataset not in CATEGORIES:
+    if dataset not in DATASET_CATEGORIES:
         raise InputError(
-            f"Unknown dataset '{dataset}'; choose one of {', '.join(CATEGORIES)}."
+            f"Unknown dataset '{dataset}'; choose one of {', '.join(DATASET_CATEGORIES)}."
         )
     root = Path(root).expanduser()
     if root.is_file():

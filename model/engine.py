@@ -292,8 +292,8 @@ def score_images(model: MRKD, images: torch.Tensor, scoring: Scoring, draws: Mas
     masks are averaged. The maps and scores are computed in fp32 whatever autocast is on.
     """
     target, _ = model.encode(images)
-    student = model.decode(model.project(target))
-    runs = [level_distances(target, model.restore(student, draws), scoring.score_levels)
+    decoded = model.decode(model.project(target))  # f_S, restored once per mask
+    runs = [level_distances(target, model.restore(decoded, draws), scoring.score_levels)
             for _ in range(scoring.eval_masks)]
     distances = [sum(level) / scoring.eval_masks for level in zip(*runs)]   # [(B, h_l, w_l)]
     with torch.autocast(images.device.type, enabled=False):

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from dataset import CATEGORIES as DATASET_CATEGORIES
+from dataset import DATASET_CATEGORIES
 from model.settings import Settings, Training
 from utils.figures import figure_features, figure_lambda_sweep
 from utils.paper import PAPER

@@ -71,12 +71,13 @@ class MRKD(nn.Module):
         reversed student into [(B, C_l, H_l, W_l)], finest level first."""
         return self.student(self.bottleneck(features))
 
-    def restore(self, student: list[torch.Tensor], draws: MaskDraws | None = None) -> list[torch.Tensor]:
-        """FLM, Eq. (2)-(3): f_G^l = G^l(f_S^l * M^l); without FLM the student's features as they are.
+    def restore(self, decoded: list[torch.Tensor], draws: MaskDraws | None = None) -> list[torch.Tensor]:
+        """FLM, Eq. (2)-(3): f_G^l = G^l(f_S^l * M^l) of the student's features f_S (`decoded`); without
+        FLM f_S as they are.
 
         Only this step is random, so K test-time masks need K calls of it, not K passes
         of the whole network. draws: where the masks' R come from (None: the global RNG).
         """
         if not len(self.generators):
-            return student
-        return [g(f * flm_mask(f, self.flm_ratio, draws)) for g, f in zip(self.generators, student)]
+            return decoded
+        return [g(f * flm_mask(f, self.flm_ratio, draws)) for g, f in zip(self.generators, decoded)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from dataset import CATEGORIES as DATASET_CATEGORIES
+from dataset import DATASET_CATEGORIES
 from dataset.images import SYNTHESES
 from dataset.nsa import MODES as NSA_MODES
 from model.methods import BOTTLENECKS, IMAGE_SCORES, OBJECTIVES

@@ -195,7 +195,7 @@ def test_mtd_split(tmp_path):
 def test_missing_root_names_path_and_url(tmp_path, dataset):
     missing = tmp_path / "nowhere"
     with pytest.raises(InputError) as error:
-        category_files(dataset, missing, folders.CATEGORIES[dataset][0])
+        category_files(dataset, missing, folders.DATASET_CATEGORIES[dataset][0])
     assert str(missing) in str(error.value)
     assert folders.DATASET_URLS[dataset] in str(error.value)
 
@@ -300,7 +300,7 @@ def demo_copy(tmp_path, demo_dir) -> Path:
 
 
 def _all_files(root: Path) -> dict[str, folders.CategoryFiles]:
-    return {category: category_files("mvtec", root, category) for category in demo.CATEGORIES}
+    return {category: category_files("mvtec", root, category) for category in demo.DEMO_CATEGORIES}
 
 
 def test_check_files_passes_good_data_and_masks_of_zeros_and_ones(demo_copy):
@@ -504,7 +504,7 @@ def test_a_data_dir_that_is_a_file_is_called_a_file(tmp_path, dataset):
     file = tmp_path / "data.zip"
     file.write_bytes(b"PK")
     with pytest.raises(InputError) as error:
-        category_files(dataset, file, folders.CATEGORIES[dataset][0])
+        category_files(dataset, file, folders.DATASET_CATEGORIES[dataset][0])
     assert str(error.value).startswith(f"Dataset folder {file} is a file, not a folder; give the folder that holds")
 
 

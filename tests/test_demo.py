@@ -13,7 +13,7 @@ from dataset.images import TestImages, load_mask
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    assert demo.make_demo_dataset(root) == demo.CATEGORIES
+    assert demo.make_demo_dataset(root) == demo.DEMO_CATEGORIES
     return root
 
 
@@ -47,7 +47,7 @@ def test_regenerates_for_another_seed(tmp_path):
     assert (tmp_path / demo.MARKER).read_text() == f"{demo.DEMO_VERSION} seed=1\n"
 
 
-@pytest.mark.parametrize("category", demo.CATEGORIES)
+@pytest.mark.parametrize("category", demo.DEMO_CATEGORIES)
 def test_loads_with_masks_exactly_on_defects(demo_root, category):
     files = category_files("mvtec", demo_root, category)
     assert len(files.train) == demo.N_TRAIN
@@ -59,7 +59,7 @@ def test_loads_with_masks_exactly_on_defects(demo_root, category):
     assert (dataset.masks.any(axis=(1, 2)) == (dataset.labels == 1)).all()
 
 
-@pytest.mark.parametrize("category", demo.CATEGORIES)
+@pytest.mark.parametrize("category", demo.DEMO_CATEGORIES)
 @pytest.mark.parametrize("defect", demo.DEFECTS)
 def test_mask_is_the_changed_pixels(category, defect):
     for i in range(3):
@@ -71,13 +71,13 @@ def test_mask_is_the_changed_pixels(category, defect):
         assert np.median(changed[sample.mask]) > 40
 
 
-@pytest.mark.parametrize("category", demo.CATEGORIES)
+@pytest.mark.parametrize("category", demo.DEMO_CATEGORIES)
 def test_normal_sample_is_unchanged(category):
     sample = demo.make_sample(category, None, np.random.default_rng(0))
     assert not sample.mask.any() and (sample.image == sample.clean).all()
 
 
-@pytest.mark.parametrize("category", demo.CATEGORIES)
+@pytest.mark.parametrize("category", demo.DEMO_CATEGORIES)
 def test_visa_layout_holds_the_same_images_and_masks(demo_root, visa_dir, category):
     files = category_files("visa", visa_dir, category)
     mvtec = category_files("mvtec", demo_root, category)
@@ -90,4 +90,4 @@ def test_visa_layout_holds_the_same_images_and_masks(demo_root, visa_dir, catego
     for visa_sample, mvtec_sample in zip(anomalous, drawn):
         np.testing.assert_array_equal(load_mask(visa_sample.mask, demo.SIZE, numbered=True),
                                       load_mask(mvtec_sample.mask, demo.SIZE))
-    assert demo.make_demo_visa(visa_dir) == demo.CATEGORIES  # already there: nothing rewritten
+    assert demo.make_demo_visa(visa_dir) == demo.DEMO_CATEGORIES  # already there: nothing rewritten

@@ -7,6 +7,7 @@ import main
 from model.drd import drd_objective
 from tests.conftest import tiny_run
 from tests.helpers import model_for, read_rows, settings_of
+from utils.paper import RDPP_EPOCHS
 
 
 def test_method_drd_brings_drds_parts_and_training_constants():
@@ -111,7 +112,7 @@ def test_best_on_test_selection_is_marked_and_picks_an_evaluated_epoch(tmp_path,
 
 
 def test_rdpp_epochs_per_category_replace_epochs_and_are_marked(tmp_path, plain_args, monkeypatch):
-    monkeypatch.setitem(main.RDPP_EPOCHS, "demo_texture", 2)
+    monkeypatch.setitem(RDPP_EPOCHS, "demo_texture", 2)
     assert main.main(plain_args("--category_epochs=rdpp", "--epochs=1")) == 0
     assert torch.load(tmp_path / "checkpoints" / "plain" / "demo_texture.pt", weights_only=True)["epoch"] == 2
     assert read_rows(tmp_path / "results" / "plain" / "metrics.csv")[0]["protocol"] == "RD++'s epochs per category"

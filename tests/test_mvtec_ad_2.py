@@ -24,13 +24,13 @@ URL = folders.DATASET_URLS["mvtec_ad_2"]
 
 
 def test_categories_as_released():
-    assert folders.CATEGORIES["mvtec_ad_2"] == ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial",
+    assert folders.DATASET_CATEGORIES["mvtec_ad_2"] == ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial",
                                                 "wallplugs", "walnuts")
 
 
-@pytest.mark.parametrize("category", demo.CATEGORIES)
+@pytest.mark.parametrize("category", demo.DEMO_CATEGORIES)
 def test_reads_every_split_of_the_release(mvtec_ad_2_dir, category):
-    assert folders.list_categories("mvtec_ad_2", mvtec_ad_2_dir) == tuple(sorted(demo.CATEGORIES))
+    assert folders.list_categories("mvtec_ad_2", mvtec_ad_2_dir) == tuple(sorted(demo.DEMO_CATEGORIES))
     files = category_files("mvtec_ad_2", mvtec_ad_2_dir, category)
     folder = mvtec_ad_2_dir / category
     assert files.train == [folder / "train" / "good" / f"{i:03d}_regular.png" for i in range(10)]
@@ -48,7 +48,7 @@ def test_reads_every_split_of_the_release(mvtec_ad_2_dir, category):
     check_files({category: files})  # every image, validation and private ones too, decodes
 
 
-@pytest.mark.parametrize("category", demo.CATEGORIES)
+@pytest.mark.parametrize("category", demo.DEMO_CATEGORIES)
 def test_demo_masks_are_non_square_and_on_the_defects(mvtec_ad_2_dir, category):
     files = category_files("mvtec_ad_2", mvtec_ad_2_dir, category)
     for sample in files.test:
@@ -62,7 +62,7 @@ def test_demo_masks_are_non_square_and_on_the_defects(mvtec_ad_2_dir, category):
 def test_demo_is_deterministic_and_written_once(mvtec_ad_2_dir, tmp_path):
     image = mvtec_ad_2_dir / "demo_texture" / "test_private_mixed" / "001_mixed.png"
     before = image.stat().st_mtime_ns
-    assert demo.make_demo_mvtec_ad_2(mvtec_ad_2_dir) == demo.CATEGORIES
+    assert demo.make_demo_mvtec_ad_2(mvtec_ad_2_dir) == demo.DEMO_CATEGORIES
     assert image.stat().st_mtime_ns == before
     demo.make_demo_mvtec_ad_2(tmp_path)
     assert (tmp_path / "demo_texture" / "test_private_mixed" / "001_mixed.png").read_bytes() == image.read_bytes()
