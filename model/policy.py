@@ -45,7 +45,8 @@ def usable(checkpoint: Path, device: torch.device, settings: Settings, use: str)
     if trained.finished:
         return trained, ""
     if not settings.mode.partial:
-        instead = "" if settings.mode.export else f", or {use} with it as it is with --partial=True"
+        instead = "" if settings.mode.export else (f", or {'evaluate' if use == 'evaluate' else 'score with'} it as it "
+                                                   f"is with --partial=True")
         raise InputError(f"{checkpoint} has trained {trained.epoch} of {trained.training.epochs} epochs; finish it "
                          f"with --run_name={settings.run.run_name} --resume=True{instead}.")
     return trained, f"partial: epoch {trained.epoch} of {trained.training.epochs}"

@@ -49,7 +49,7 @@ def fake_predictions(path: Path, n: int = 12, k: int = 3, size: int = 64, channe
 
     path.parent.mkdir(parents=True, exist_ok=True)
     predictions = Predictions.of(path.stem, scores, labels, list(defects), values, metrics.f1_threshold(labels, scores),
-                                 masks, maps, images, example_index, feature_input, feature_restored)
+                                 "f1_test", masks, maps, images, example_index, feature_input, feature_restored)
     predictions.save(path)
     return predictions
 

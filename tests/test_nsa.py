@@ -68,7 +68,7 @@ def test_table_and_defaults():
 
 
 def test_demo_and_visa_categories_have_the_texture_defaults_as_their_constants():
-    for category in demo.CATEGORIES + VISA_CATEGORIES:
+    for category in demo.DEMO_CATEGORIES + VISA_CATEGORIES:
         assert has_constants(category)
         assert params_for(category) == TEXTURE_DEFAULTS
 
