@@ -224,7 +224,6 @@ def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
 def run_category(settings: Settings, category: str, files: CategoryFiles, device: torch.device,
                  folders: RunFolders) -> dict[str, Any]:
     """Build, train (or load), evaluate after the last epoch, save predictions; returns the table row."""
-    training = settings.training
     for present, kind in ((files.has_anomalies, "anomalous"), (files.has_normals, "normal")):
         if not present:  # AU-ROC needs both kinds: report the category instead of crashing on it
             print(f"{category}: skipped, its test set holds no {kind} image to evaluate on.")
@@ -327,15 +326,17 @@ def run_categories(settings: Settings, folders: RunFolders, check_data: bool = T
 
 
 def usage() -> str:
-    """--help: the module docstring, every constant with its value and comment, --demo's and each METHOD's."""
-    methods = "\n".join(f"  {name}: {preset or '(the constants above)'}" for name, preset in METHODS.items())
+    """--help: the module docstring, every constant with its value and comment, and what --demo, each
+    METHOD and each DATASET set."""
+    presets = {**METHODS, **DATASETS}
+    listed = "\n".join(f"  {name}: {preset or '(the constants above)'}" for name, preset in presets.items())
     return (f"{__doc__}\n{described_constants(Path(__file__), set(CONSTANTS))}\n\n"
-            f"What --demo sets:\n  {DEMO_CONFIG}\n\nWhat each --method sets:\n{methods}\n")
+            f"What --demo sets:\n  {DEMO_CONFIG}\n\nWhat each --method and --dataset sets:\n{listed}\n")
 
 
 def run_command(overrides: dict[str, Any]) -> list[dict[str, Any]]:
-    """The main job: every category, or with EXPERIMENT every row of a preset; with PREDICT,
-    new images scored by a trained run."""
+    """The main job: every category, or with EXPERIMENT every row of a preset; with PREDICT, new
+    images scored by a trained run; with EXPORT, its categories written as ONNX graphs."""
     if overrides.get("PREDICT") or overrides.get("EXPORT"):
         settings = recorded(CONSTANTS, overrides)
         return predict_run(settings) if settings.mode.predict else export_run(settings)
