@@ -146,7 +146,7 @@ def test_json_describes_the_preprocessing_and_the_decision(max_export):
     assert (description["threshold"], description["low"], description["high"]) == \
         (decision.threshold, decision.low, decision.high)
     assert description["threshold_rule"] == "f1_test" and description["settings"] == SETTINGS
-    assert description["scoring"]["image_score"] == "max" and description["onnx_file"] == "bottle.onnx"
+    assert description["scoring"]["IMAGE_SCORE"] == "max" and description["onnx_file"] == "bottle.onnx"
 
 
 def test_check_export_refuses_a_pair_that_does_not_match(max_export, tmp_path):
