@@ -11,9 +11,9 @@
     (run it with --variants=abcd).
 
 `--rehearsal` instead rehearses the full MVTec AD reproduction: it generates MVTec-shaped
-data (15 categories with MVTec AD's train and test counts, drawn by the demo generator,
-cached), runs the real main.py on it for a few epochs (through torchrun with --ranks=N),
-and projects the 15 x 200-epoch run from the steady epoch times. Its last line is
+data (MVTec AD's categories, the first --categories of the 15, with their train and test
+counts, drawn by the demo generator, cached), runs the real main.py on it for a few epochs
+(through torchrun with --ranks=N), and projects the 15 x 200-epoch run from the steady epoch times. Its last line is
 `projected full reproduction: MM.M min (N ranks, PATH)`, PATH fast or faithful, with
 `_compile` under --compile (COMPILE=True, its compile time in the wall time it projects from).
 
@@ -234,24 +234,23 @@ def write_rehearsal_category(root: Path, category: str, size: int) -> None:
             mask.save(folder / "ground_truth" / defect / f"{i:03d}_mask.png")
 
 
-def make_rehearsal_data(root: Path, size: int) -> Path:
-    """MVTec-shaped data for the rehearsal under root/<size>/, written once (a marker file records it)."""
+def make_rehearsal_data(root: Path, size: int, categories: list[str]) -> Path:
+    """MVTec-shaped data of these categories under root/<size>/, each written once (a marker file records it)."""
     folder = root / str(size)
-    marker = folder / ".complete"
-    if not marker.exists():
-        with ProcessPoolExecutor() as pool:
-            list(pool.map(write_rehearsal_category, [folder] * len(MVTEC_COUNTS), MVTEC_COUNTS,
-                          [size] * len(MVTEC_COUNTS)))
-        marker.write_text("done\n")
+    missing = [category for category in categories if not (folder / f".{category}.complete").exists()]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(write_rehearsal_category, [folder] * len(missing), missing, [size] * len(missing)))
+    for category in missing:
+        (folder / f".{category}.complete").write_text("done\n")
     return folder
 
 
 def rehearse(options: argparse.Namespace) -> None:
     """Run main.py on MVTec-shaped data for a few epochs and project the full reproduction."""
     started = time.perf_counter()
-    data = make_rehearsal_data(Path(options.data), options.size)
-    print(f"data: {data} ({time.perf_counter() - started:.0f} s)", flush=True)
     categories = list(MVTEC_COUNTS)[:options.categories]
+    data = make_rehearsal_data(Path(options.data), options.size, categories)
+    print(f"data: {data} ({time.perf_counter() - started:.0f} s)", flush=True)
     path = ("fast" if options.fast else "faithful") + ("_compile" if options.compile else "")
     arguments = [f"--data_dir={data}", f"--categories={','.join(categories)}", f"--epochs={options.epochs}",
                  f"--image_size={options.size}", f"--backbone={options.backbone}", "--weights=none",
