@@ -22,6 +22,7 @@ from model.generator import Generator, Generators, MaskDraws
 from model.methods import mrkd_objective
 from tests.helpers import read_rows, settings_of
 
+
 @pytest.fixture
 def aot_eager(monkeypatch):
     """Compile with aot_eager, from empty in-memory caches, and leave none of its graphs to later tests."""
@@ -34,8 +35,10 @@ def aot_eager(monkeypatch):
 
 def test_two_categories_compile_once_and_train_as_the_eager_path(tmp_path, demo_args, capsys, aot_eager):
     """The second category's model, of the same shapes, runs the graphs the first compiled; the fast
-    path compiled gives the fast path's losses and metrics (the same operations, traced)."""
-    both = ("--categories=demo_texture,demo_object", "--fast=True")
+    path compiled gives the fast path's losses and metrics (the same operations, traced: they were
+    equal on the 2-core CPU; the bounds are the fast path's against fp32, tests/test_engine.py, and
+    one swapped pair of the 26 test images, 0.6 points of image AU-ROC)."""
+    both = ("--categories=demo_texture,demo_object", "--fast=True", "--device=cpu")  # the GPU's: test_cuda.py
     assert main.main(demo_args(*both, "--run_name=eager")) == 0
     eager = capsys.readouterr().out
     assert main.main(demo_args(*both, "--compile=True", "--run_name=compiled")) == 0
@@ -45,13 +48,13 @@ def test_two_categories_compile_once_and_train_as_the_eager_path(tmp_path, demo_
     assert int(lines[0][1]) > 0 and float(lines[0][2]) > 0
     assert lines[1][1:] == ("0", "0.0")  # compiled once per process, not once per category
     assert "torch.compile" not in eager
-    epoch_losses = [re.findall(r"epoch 1/1 loss (\S+)", out) for out in (eager, compiled)]
-    for value, other in zip(*epoch_losses):
-        assert float(other) == pytest.approx(float(value), rel=1e-3)
+    losses = [[float(value) for value in re.findall(r"epoch 1/1 loss (\S+)", out)] for out in (eager, compiled)]
+    assert len(losses[0]) == len(losses[1]) == 2
+    assert losses[1] == pytest.approx(losses[0], rel=4e-3)
     rows = [read_rows(tmp_path / "results" / name / "metrics.csv") for name in ("eager", "compiled")]
     for row, other in zip(*rows):
         for name in ("image_auroc", "pixel_auroc", "aupro", "aupro_per_image"):
-            assert float(other[name]) == pytest.approx(float(row[name]), abs=1e-3), (row["category"], name)
+            assert float(other[name]) == pytest.approx(float(row[name]), abs=0.01), (row["category"], name)
 
 
 def train(size: int) -> None:
