@@ -64,7 +64,7 @@ THRESHOLD = "f1_test"           # decision threshold for new images: "f1_test" (
 DEVICE = "auto"                 # "auto" (first CUDA GPU, else CPU), "cpu", "cuda", "cuda:1"
 WORKERS = 4                     # DataLoader workers doing the NSA synthesis
 FAST = False                    # opt-in fast path: bf16/fp16 autocast, channels_last, cuDNN autotuner; default fp32
-COMPILE = False                 # opt-in torch.compile of the networks (first epoch slower; pays off on long runs)
+COMPILE = False                 # opt-in torch.compile of the networks, once per process (its time printed per category)
 CHECKPOINT_EVERY = 10           # save a resumable checkpoint every N epochs (and after the last)
 RUN_NAME = "mrkd"               # results/<run>/ and checkpoints/<run>/
 RESULTS_DIR = "results"         # where runs write metrics, predictions and figures
@@ -121,8 +121,8 @@ from dataset import (CategoryFiles, EpochSampler, TestImages, TrainImages, categ
                      with_validation)
 from dataset.check import check_files  # noqa: E402
 from dataset.demo import DEMO_DATASETS  # noqa: E402
-from model.engine import (Diverged, Trainer, build, level1_features, load_weights, pick_device,  # noqa: E402
-                          predict, save_checkpoint, seed_everything, train_epoch)
+from model.engine import (COMPILATION, Diverged, Trainer, build, level1_features, load_weights,  # noqa: E402
+                          pick_device, predict, save_checkpoint, seed_everything, train_epoch)
 from model.evaluation import decide  # noqa: E402
 from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
@@ -232,6 +232,7 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
     settings = category_settings(settings, category)
     training = settings.training
     seed_everything(training.seed)  # a fresh seed per category: results do not depend on the loop order
+    compiled = COMPILATION.seconds, COMPILATION.compilations
     model, execution = build(training, settings.machine, device)
     trainer = Trainer.of(model, OBJECTIVES[training.loss], execution, device, training)
     test_set = TestImages(files.test, training.image_size)
@@ -264,6 +265,10 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
     Predictions.of(category, scores, test_set.labels, [sample.defect for sample in test_set.samples], values,
                    decision["threshold"], decision["threshold_rule"], test_set.masks, maps, test_set.images, examples,
                    *features).save(folders.results / "predictions" / f"{category}.npz")
+    if settings.machine.compile:  # the first category of an architecture pays, later ones reuse its graphs
+        print(f"{category} torch.compile: {COMPILATION.compilations - compiled[1]} compilations, "
+              f"{COMPILATION.seconds - compiled[0]:.1f} s (this process: {COMPILATION.compilations}, "
+              f"{COMPILATION.seconds:.1f} s)")
     return {"category": category, **values, **decision, "status": status, "protocol": "; ".join(protocol)}
 
 

@@ -11,10 +11,11 @@
     (run it with --variants=abcd).
 
 `--rehearsal` instead rehearses the full MVTec AD reproduction: it generates MVTec-shaped
-data (15 categories with MVTec AD's train and test counts, drawn by the demo generator,
-cached), runs the real main.py on it for a few epochs (through torchrun with --ranks=N),
-and projects the 15 x 200-epoch run from the steady epoch times. Its last line is
-`projected full reproduction: MM.M min (N ranks, fast|faithful)`.
+data (MVTec AD's categories, the first --categories of the 15, with their train and test
+counts, drawn by the demo generator, cached), runs the real main.py on it for a few epochs
+(through torchrun with --ranks=N), and projects the 15 x 200-epoch run from the steady epoch times. Its last line is
+`projected full reproduction: MM.M min (N ranks, PATH)`, PATH fast or faithful, with
+`_compile` under --compile (COMPILE=True, its compile time in the wall time it projects from).
 
 Each variant runs in a fresh process, so its peak memory is its own. Training and
 evaluation use random images and weights (speed does not depend on them); data
@@ -44,7 +45,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from dataset.demo import DEFECTS, make_sample
-from model.engine import Execution, Trainer, build, pick_device, predict, train_epoch
+from model.engine import COMPILATION, Execution, Trainer, build, pick_device, predict, train_epoch
 from model.generator import MaskDraws
 from model.loss import distillation_loss
 from model.methods import mrkd_objective
@@ -179,8 +180,8 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
     images, masks, labels = synthetic_test_set(options.eval_images, options.size)
     if variant == "a":
         authors_evaluate(model, images[:2], masks[:2], labels[:2], device, options.size)  # warm-up
-    else:
-        evaluate(model, images[:options.batch], masks[:options.batch], labels[:options.batch], device,
+    else:  # a full batch and a short one, as the timed evaluation has: compiled, each is a graph of its own
+        evaluate(model, images[:options.batch + 2], masks[:options.batch + 2], labels[:options.batch + 2], device,
                  settings, execution)
     synchronize(device)
     started = time.perf_counter()
@@ -197,7 +198,8 @@ def measure_variant(variant: str, options: argparse.Namespace) -> dict[str, floa
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, whole process
     return {"steps_per_second": options.steps / train_seconds,
             "images_per_second": options.steps * options.batch / train_seconds,
-            "peak_gib": peak, "eval_seconds": eval_seconds}
+            "peak_gib": peak, "eval_seconds": eval_seconds,
+            "compile_seconds": COMPILATION.seconds, "compilations": COMPILATION.compilations}
 
 
 # MVTec AD's categories with their numbers of training and test images (Bergmann et al., CVPR 2019).
@@ -211,6 +213,7 @@ TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 GOOD_FRACTION = 0.25  # of each test set; the rest cycles through the demo's defects
 EPOCH_LINE = re.compile(r"^(\S+) epoch (\d+)/\d+ loss \S+ \(([\d.]+) s\)", re.MULTILINE)
 EVALUATION_LINE = re.compile(r"^(\S+) evaluated in ([\d.]+) s", re.MULTILINE)
+COMPILE_LINE = re.compile(r"^(\S+) torch\.compile: (\d+) compilations, ([\d.]+) s", re.MULTILINE)
 
 
 def write_rehearsal_category(root: Path, category: str, size: int) -> None:
@@ -231,27 +234,27 @@ def write_rehearsal_category(root: Path, category: str, size: int) -> None:
             mask.save(folder / "ground_truth" / defect / f"{i:03d}_mask.png")
 
 
-def make_rehearsal_data(root: Path, size: int) -> Path:
-    """MVTec-shaped data for the rehearsal under root/<size>/, written once (a marker file records it)."""
+def make_rehearsal_data(root: Path, size: int, categories: list[str]) -> Path:
+    """MVTec-shaped data of these categories under root/<size>/, each written once (a marker file records it)."""
     folder = root / str(size)
-    marker = folder / ".complete"
-    if not marker.exists():
-        with ProcessPoolExecutor() as pool:
-            list(pool.map(write_rehearsal_category, [folder] * len(MVTEC_COUNTS), MVTEC_COUNTS,
-                          [size] * len(MVTEC_COUNTS)))
-        marker.write_text("done\n")
+    missing = [category for category in categories if not (folder / f".{category}.complete").exists()]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(write_rehearsal_category, [folder] * len(missing), missing, [size] * len(missing)))
+    for category in missing:
+        (folder / f".{category}.complete").write_text("done\n")
     return folder
 
 
 def rehearse(options: argparse.Namespace) -> None:
     """Run main.py on MVTec-shaped data for a few epochs and project the full reproduction."""
     started = time.perf_counter()
-    data = make_rehearsal_data(Path(options.data), options.size)
-    print(f"data: {data} ({time.perf_counter() - started:.0f} s)", flush=True)
     categories = list(MVTEC_COUNTS)[:options.categories]
-    path = "fast" if options.fast else "faithful"
+    data = make_rehearsal_data(Path(options.data), options.size, categories)
+    print(f"data: {data} ({time.perf_counter() - started:.0f} s)", flush=True)
+    path = ("fast" if options.fast else "faithful") + ("_compile" if options.compile else "")
     arguments = [f"--data_dir={data}", f"--categories={','.join(categories)}", f"--epochs={options.epochs}",
-                 f"--image_size={options.size}", f"--backbone={options.backbone}", "--weights=none", f"--fast={options.fast}", "--overwrite=True",
+                 f"--image_size={options.size}", f"--backbone={options.backbone}", "--weights=none",
+                 f"--fast={options.fast}", f"--compile={options.compile}", "--overwrite=True",
                  f"--run_name=rehearsal_{options.ranks}_{path}", f"--results_dir={options.data}/results",
                  f"--checkpoint_dir={options.data}/checkpoints", f"--device={options.device}"]
     launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={options.ranks}"]
@@ -266,10 +269,11 @@ def rehearse(options: argparse.Namespace) -> None:
         sys.exit(1)
     epochs: dict[str, list[float]] = {}
     for category, epoch, seconds in EPOCH_LINE.findall(finished.stdout):
-        if int(epoch) > 1:  # the first epoch also pays for cuDNN's autotuner and the graph capture
+        if int(epoch) > 1:  # the first epoch also pays for cuDNN's autotuner, the graph capture and compiling
             epochs.setdefault(category, []).append(float(seconds))
     steady = {category: statistics.median(times) for category, times in epochs.items()}
     evaluations = [float(seconds) for _, seconds in EVALUATION_LINE.findall(finished.stdout)]
+    compiled = sum(float(seconds) for _, _, seconds in COMPILE_LINE.findall(finished.stdout))  # all ranks
     # Each rank runs every ranks-th category; the run lasts as long as its slowest rank.
     slowest = max(sum(steady[c] for c in categories[rank::options.ranks]) for rank in range(options.ranks))
     scale = len(MVTEC_COUNTS) / len(categories)  # a rehearsal of fewer categories speaks for all 15
@@ -278,7 +282,8 @@ def rehearse(options: argparse.Namespace) -> None:
     print(f"{len(categories)} categories, {options.epochs} epochs, {options.ranks} ranks, {path}: {wall:.0f} s; "
           f"steady epoch over all categories {sum(steady.values()):.1f} s of rank time "
           f"({images / sum(steady.values()) * options.ranks:.0f} images/s together), "
-          f"evaluation {statistics.mean(evaluations):.1f} s per category; log in {log}")
+          f"evaluation {statistics.mean(evaluations):.1f} s per category"
+          f"{f', compiling {compiled:.0f} s of rank time' if options.compile else ''}; log in {log}")
     print(f"projected full reproduction: {projected / 60:.1f} min ({options.ranks} ranks, {path})")
 
 
@@ -298,7 +303,8 @@ def cli() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--eval_images", type=int, default=150, help="test images of the evaluated category")
     parser.add_argument("--variants", default="abc", help="which of a, b, c to run")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path (c)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the fast path (c); with --rehearsal: COMPILE=True")
     parser.add_argument("--rehearsal", action="store_true", help="rehearse the full MVTec AD reproduction")
     parser.add_argument("--ranks", type=int, default=1, help="rehearsal: torchrun processes sharing the device")
     parser.add_argument("--fast", action="store_true", help="rehearsal: the fast path (FAST=True)")
@@ -321,6 +327,9 @@ def cli() -> None:
         r = results[variant]
         print(f"{VARIANTS[variant]:<14}{r['steps_per_second']:>15.3f}{r['images_per_second']:>10.1f}"
               f"{r['peak_gib']:>10.2f}{r['eval_seconds']:>9.2f}", flush=True)
+        if r["compilations"]:  # in the warm-up steps and the evaluation's warm-up, untimed
+            print(f"{VARIANTS[variant]} compiled: {r['compilations']} compilations, {r['compile_seconds']:.1f} s",
+                  flush=True)
     if device.type == "cpu":
         print("peak memory on the CPU is the process's peak resident set")
     if "a" in results and "c" in results:

@@ -1,7 +1,7 @@
 """Latency of the exported graph under onnxruntime against the PyTorch path, on the CPU:
-python -m model.benchmark_export [--repeats=N] [--threads=1,2]
+python -m model.benchmark_export [--repeats=N] [--threads=1,2] [--cases=resnet18:64,wide_resnet50_2:256]
 
-For each (backbone, image size) of CASES a random-weight MRKD (weights=None: speed does not
+For each (backbone, image size) of --cases (default CASES) a random-weight MRKD (weights=None: speed does not
 depend on the weights) is exported with model/export.py, then random images are scored at
 batch 1 and batch 8 by PyTorch (score_images with HashedDraws, fp32, as predict scores on the
 CPU) and by onnxruntime's CPU provider, each with the same number of threads: PyTorch first,
@@ -86,12 +86,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="thread counts to measure, comma-separated")
+    parser.add_argument("--cases", default=",".join(f"{backbone}:{size}" for backbone, size in CASES),
+                        help="backbone:image size pairs, comma-separated")
     args = parser.parse_args()
     threads = tuple(int(count) for count in args.threads.split(","))
+    cases = [(backbone, int(size)) for backbone, size in (case.split(":") for case in args.cases.split(","))]
     print(f"CPU: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}")
     with tempfile.TemporaryDirectory() as folder:
-        for backbone, size in CASES:
+        for backbone, size in cases:
             print("\n".join(benchmark(backbone, size, args.repeats, threads, Path(folder))), flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,57 @@ def execution_for(device: torch.device, fast: bool) -> Execution:
     return Execution(channels_last=True)
 
 
+class Compilation:
+    """COMPILE=True: torch.compile of each part of the model, paid once per process, its cost measured.
+
+    Dynamo keeps a part's compiled graphs on the code of its class's forward, guarded by the
+    shapes, dtypes, grad mode and module structure it saw, not by the module: the next
+    category's model, of the same shapes, runs the graphs the first category compiled. A part
+    compiles about three graphs (training at the batch size, any other batch size as one
+    graph of dynamic batch, evaluation), under Dynamo's limit of 8 per code; a model of another
+    architecture or image size (an experiment's next row) starts from torch.compiler.reset(), so
+    that the limit holds in any run. Each part compiles with fullgraph=True: a graph break, or
+    the limit reached, is an error, never a silent fallback to eager code.
+
+    Across processes (the ranks of a run, a rerun) PyTorch's on-disk caches (Inductor's FX graph
+    cache and AOTAutograd's, under TORCHINDUCTOR_CACHE_DIR, by default /tmp/torchinductor_<user>)
+    spare most of the work.
+
+    seconds, compilations: what compiling has cost this process so far, as PyTorch's compile
+    callbacks report it: each frame Dynamo compiles, and each backward graph compiled at its first
+    backward pass. backend: torch.compile's; the CPU tests use "aot_eager" (Dynamo and AOTAutograd
+    without Inductor's code generation, which takes minutes on a 2-core CPU).
+    """
+
+    def __init__(self, backend: str = "inductor") -> None:
+        self.backend = backend
+        self.seconds, self.compilations = 0.0, 0
+        self.architecture: tuple | None = None
+        self.started = 0.0
+
+    def __call__(self, model: MRKD, architecture: tuple) -> None:
+        """Compile the model's parts in place; architecture: what fixes their shapes (build's key)."""
+        if architecture != self.architecture:
+            torch.compiler.reset()  # an experiment's rows run one after another: the old graphs are done
+            self.architecture = architecture
+        callbacks = torch._dynamo.callback_handler  # reset() clears them too
+        if self.start not in callbacks.start_callbacks:
+            callbacks.register_start_callback(self.start)
+            callbacks.register_end_callback(self.end)
+        for part in (model.teacher, *model.trained_parts().values()):  # each, as training and scoring call them apart
+            part.compile(backend=self.backend, fullgraph=True)
+
+    def start(self, *_) -> None:
+        self.started = time.perf_counter()
+
+    def end(self, *_) -> None:
+        self.seconds += time.perf_counter() - self.started
+        self.compilations += 1
+
+
+COMPILATION = Compilation()  # one per process, as Dynamo's caches are
+
+
 def build(training: Training, machine: Machine, device: torch.device) -> tuple[MRKD, Execution]:
     """The model of the Training settings on the device, and how it runs (faithful or fast)."""
     model = build_model(backbone=training.backbone, weights=training.weights, bottleneck=training.bottleneck,
@@ -117,8 +169,8 @@ def build(training: Training, machine: Machine, device: torch.device) -> tuple[M
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if machine.compile:
-        for part in (model.teacher, *model.trained_parts().values()):
-            part.compile()  # each part, since training and evaluation call them separately
+        COMPILATION(model, (device, training.backbone, training.bottleneck, training.flm, training.projection,
+                            training.image_size, execution))
     return model, execution
 
 

@@ -138,3 +138,16 @@ class Generator(nn.Module):
     def forward(self, masked: torch.Tensor) -> torch.Tensor:
         """f_S^l * M^l (B, C, H, W) -> f_G^l (B, C, H, W), Eq. (3)."""
         return self.conv2(self.relu(self.conv1(masked)))
+
+
+class Generators(nn.ModuleList):
+    """G^1, G^2, G^3, finest level first, applied together to the masked levels, Eq. (3); empty without FLM.
+
+    One module for the three levels, so that COMPILE compiles them as one graph: compiled one
+    by one, the three shapes of G's one forward would be three sets of Dynamo's compilations
+    of the same code, which its recompile limit (8 per code object) does not hold.
+    """
+
+    def forward(self, features: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """f_S^l (B, C_l, H_l, W_l) and M^l (B, 1, H_l, W_l) -> f_G^l = G^l(f_S^l * M^l) (B, C_l, H_l, W_l)."""
+        return [g(f * m) for g, f, m in zip(self, features, masks)]

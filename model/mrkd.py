@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.generator import Generator, MaskDraws, flm_mask
+from model.generator import Generator, Generators, MaskDraws, flm_mask
 from model.projection import MultiProjection
 from model.student import ReversedStudent
 from model.teacher import Teacher
@@ -24,8 +24,8 @@ class MRKD(nn.Module):
     """Teacher, bottleneck, student and (with FLM) one generation module per level.
 
     Attributes: `teacher`, `projection` (RD++'s multi-projection, or None), `bottleneck`,
-    `student`, and `generators`, a ModuleList ordered finest level first, empty when FLM is
-    off, in which case the student's output is compared directly.
+    `student`, and `generators` (G^1-G^3 as one module, model/generator.py: Generators), empty when
+    FLM is off, in which case the student's output is compared directly.
     """
 
     def __init__(self, *, teacher: Teacher, bottleneck: type[nn.Module], flm: bool, flm_ratio: float,
@@ -35,7 +35,7 @@ class MRKD(nn.Module):
         self.projection = MultiProjection(teacher.channels) if projection else None
         self.bottleneck = bottleneck(teacher.block, teacher.channels, teacher.width_per_group)
         self.student = ReversedStudent(teacher.block, self.bottleneck.out_channels, teacher.width_per_group)
-        self.generators = nn.ModuleList([Generator(c) for c in teacher.channels] if flm else [])
+        self.generators = Generators([Generator(c) for c in teacher.channels] if flm else [])
         self.flm_ratio = flm_ratio
 
     def trained_parts(self) -> dict[str, nn.Module]:
@@ -80,4 +80,5 @@ class MRKD(nn.Module):
         """
         if not len(self.generators):
             return decoded
-        return [g(f * flm_mask(f, self.flm_ratio, draws)) for g, f in zip(self.generators, decoded)]
+        masks = [flm_mask(f, self.flm_ratio, draws) for f in decoded]  # level by level, the draws' order as ever
+        return self.generators(decoded, masks)
