@@ -16,6 +16,7 @@ this script, not of the code's speed. --only=name,... reruns some steps.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import signal
@@ -185,9 +186,7 @@ def plan(smoke: bool, python: str = sys.executable) -> list[Step]:
 def parallel_tests() -> tuple[str, ...]:
     """pytest-xdist's options where it is installed (the device image has it): 4 workers, each test
     file on one worker, since the tests of a file may share its fixtures and data."""
-    try:
-        import xdist  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("xdist") is None:
         return ()
     return ("-n", "4", "--dist=loadfile")
 
