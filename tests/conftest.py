@@ -1,5 +1,6 @@
 """Shared fixtures: the demo data, generated once per session, and main.py arguments for tiny runs."""
 import pytest
+import torch
 
 from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 
@@ -53,3 +54,15 @@ def plain_args(demo_args):
         return demo_args("--demo=False", "--backbone=resnet18", "--weights=none", "--batch_size=8", "--workers=0",
                          "--run_name=plain", *extra)
     return build
+
+
+@pytest.fixture(autouse=True)
+def torch_flags():
+    """Every test leaves torch's global flags as it found them: model.engine.execution_for sets
+    the deterministic algorithms and cuDNN's flags, a test may set the thread count."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.get_num_threads())
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:4]
+    torch.set_num_threads(saved[4])
