@@ -6,7 +6,7 @@ import torch
 import main
 from model.drd import drd_objective
 from tests.conftest import tiny_run
-from tests.helpers import model_for, read_rows, settings_of
+from tests.helpers import model_for, read_rows, settings_of, skip_training
 from utils.paper import RDPP_EPOCHS
 
 
@@ -47,8 +47,10 @@ def plain_mrkd(tmp_path_factory, demo_dir):
 
 
 @pytest.mark.parametrize("switch", ["--bottleneck=mfcf", "--image_score=refined", "--synthesis=drd"])
-def test_drds_parts_combine_with_mrkd(tmp_path, demo_args, plain_mrkd, switch):
+def test_drds_parts_combine_with_mrkd(tmp_path, demo_args, plain_mrkd, switch, monkeypatch):
     """Each switch, against the same tiny run without it: still MRKD, and the switch changes what it says."""
+    if switch == "--bottleneck=mfcf":  # the checkpoint's parts tell; the others compare trained weights
+        skip_training(monkeypatch)
     assert main.main(demo_args(switch)) == 0
     results = (plain_mrkd[0], tmp_path / "results" / "demo")
     plain, switched = (torch.load(folder / "demo_texture.pt", weights_only=True)
@@ -106,7 +108,8 @@ def test_family_on_visa_leaves_the_paper_columns_empty(tmp_path, plain_args, vis
     assert "| paper | diff |" in table and "99.5" in table
 
 
-def test_best_on_test_selection_is_marked_and_picks_an_evaluated_epoch(tmp_path, demo_args):
+def test_best_on_test_selection_is_marked_and_picks_an_evaluated_epoch(tmp_path, demo_args, monkeypatch):
+    skip_training(monkeypatch)
     assert main.main(demo_args("--select=best_on_test", "--eval_every=1", "--epochs=2", "--checkpoint_every=1")) == 0
     row = read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]
     assert row["protocol"] == "selected on the test set" and row["status"] in ("ok, epoch 1", "ok, epoch 2")
@@ -116,6 +119,7 @@ def test_best_on_test_selection_is_marked_and_picks_an_evaluated_epoch(tmp_path,
 
 
 def test_rdpp_epochs_per_category_replace_epochs_and_are_marked(tmp_path, plain_args, monkeypatch):
+    skip_training(monkeypatch)
     monkeypatch.setitem(RDPP_EPOCHS, "demo_texture", 2)
     assert main.main(plain_args("--category_epochs=rdpp", "--epochs=1")) == 0
     assert torch.load(tmp_path / "checkpoints" / "plain" / "demo_texture.pt", weights_only=True)["epoch"] == 2
