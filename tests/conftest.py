@@ -1,7 +1,9 @@
-"""Shared fixtures: the demo data, generated once per session, and main.py arguments for tiny runs."""
+"""Shared fixtures: the demo data, generated once per session, a finished tiny run, main.py arguments
+for tiny runs; torch's global flags restored after each test."""
 import pytest
 import torch
 
+import main
 from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 
 
@@ -39,6 +41,15 @@ def tiny_run(demo_dir, folder, *extra):
                  f"--checkpoint_dir={folder}/checkpoints", "--image_size=32", "--epochs=1",
                  "--categories=demo_texture", "--figures=False", *extra]
     return list({argument.partition("=")[0]: argument for argument in arguments}.values())
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, demo_dir):
+    """A folder holding one finished tiny demo run (results/demo, checkpoints/demo), trained once
+    for the session; tests read it, or copy it to change it."""
+    folder = tmp_path_factory.mktemp("finished")
+    assert main.main(tiny_run(demo_dir, folder)) == 0
+    return folder
 
 
 @pytest.fixture

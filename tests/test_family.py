@@ -5,7 +5,6 @@ import torch
 
 import main
 from model.drd import drd_objective
-from tests.conftest import tiny_run
 from tests.helpers import model_for, read_rows, settings_of, skip_training
 from utils.paper import RDPP_EPOCHS
 
@@ -38,12 +37,10 @@ def test_drd_objective_trains_bottleneck_and_student_not_the_teacher():
     assert not any(p.grad is not None for p in model.teacher.parameters())
 
 
-@pytest.fixture(scope="module")
-def plain_mrkd(tmp_path_factory, demo_dir):
-    """The tiny demo run without any of DRD's switches, shared by the tests that add one."""
-    folder = tmp_path_factory.mktemp("plain_mrkd")
-    assert main.main(tiny_run(demo_dir, folder)) == 0
-    return folder / "results" / "demo", folder / "checkpoints" / "demo"
+@pytest.fixture
+def plain_mrkd(finished):
+    """The tiny demo run without any of DRD's switches (conftest's finished run), read by the tests that add one."""
+    return finished / "results" / "demo", finished / "checkpoints" / "demo"
 
 
 @pytest.mark.parametrize("switch", ["--bottleneck=mfcf", "--image_score=refined", "--synthesis=drd"])

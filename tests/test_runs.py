@@ -73,17 +73,9 @@ def refused(capsys, arguments, message, root):
     return err
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, demo_dir):
-    """A folder holding one finished tiny demo run (results/demo, checkpoints/demo), trained once for the module."""
-    folder = tmp_path_factory.mktemp("finished")
-    assert main.main(tiny_run(demo_dir, folder)) == 0
-    return folder
-
-
 @pytest.fixture
 def trained(tmp_path, finished):
-    """A copy of the finished run in tmp_path, for a test that changes it."""
+    """A copy of conftest's finished run in tmp_path, for a test that changes it."""
     shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
