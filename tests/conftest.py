@@ -1,6 +1,9 @@
-"""Shared fixtures: the demo data, generated once per session, and main.py arguments for tiny runs."""
+"""Shared fixtures: the demo data, generated once per session, a finished tiny run, main.py arguments
+for tiny runs; torch's global flags restored after each test."""
 import pytest
+import torch
 
+import main
 from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 
 
@@ -40,6 +43,15 @@ def tiny_run(demo_dir, folder, *extra):
     return list({argument.partition("=")[0]: argument for argument in arguments}.values())
 
 
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, demo_dir):
+    """A folder holding one finished tiny demo run (results/demo, checkpoints/demo), trained once
+    for the session; tests read it, or copy it to change it."""
+    folder = tmp_path_factory.mktemp("finished")
+    assert main.main(tiny_run(demo_dir, folder)) == 0
+    return folder
+
+
 @pytest.fixture
 def demo_args(tmp_path, demo_dir):
     """tiny_run's arguments, writing into the test's tmp_path."""
@@ -53,3 +65,15 @@ def plain_args(demo_args):
         return demo_args("--demo=False", "--backbone=resnet18", "--weights=none", "--batch_size=8", "--workers=0",
                          "--run_name=plain", *extra)
     return build
+
+
+@pytest.fixture(autouse=True)
+def torch_flags():
+    """Every test leaves torch's global flags as it found them: model.engine.execution_for sets
+    the deterministic algorithms and cuDNN's flags, a test may set the thread count."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.get_num_threads())
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:4]
+    torch.set_num_threads(saved[4])

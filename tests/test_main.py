@@ -11,7 +11,7 @@ from PIL import Image
 import main
 from dataset import category_files, make_demo_dataset
 from model.methods import OBJECTIVES
-from tests.helpers import as_written_before, error_message, read_rows, settings_of
+from tests.helpers import as_written_before, error_message, read_rows, settings_of, skip_training
 from utils import metrics
 from utils.config import parse_overrides
 from utils.predictions import Predictions
@@ -182,13 +182,15 @@ def test_a_run_never_silently_replaces_another(tmp_path, monkeypatch):
     assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
-def test_a_run_that_failed_on_bad_input_can_be_rerun(tmp_path, plain_args, capsys):
+def test_a_run_that_failed_on_bad_input_can_be_rerun(tmp_path, plain_args, monkeypatch, capsys):
+    skip_training(monkeypatch)
     assert main.main(plain_args(f"--weights={tmp_path}/missing.pth")) == 1
     assert "missing.pth" in capsys.readouterr().err
     assert main.main(plain_args()) == 0  # not refused: the failed run wrote no result
 
 
 def test_unwritable_results_give_one_sentence_and_keep_the_metrics(tmp_path, demo_args, monkeypatch, capsys):
+    skip_training(monkeypatch)
     (tmp_path / "file").write_text("")
     assert main.main(demo_args(f"--results_dir={tmp_path}/file")) == 1
     err = error_message(capsys.readouterr().err)
@@ -266,7 +268,9 @@ def test_nan_loss_stops_the_category_and_keeps_the_last_good_checkpoint(tmp_path
     assert read_rows(tmp_path / "results" / "demo" / "metrics.csv")[0]["status"] == "diverged"
 
 
-def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp_path, demo_args, capsys):
+def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp_path, demo_args, monkeypatch,
+                                                                              capsys):
+    skip_training(monkeypatch)
     data = tmp_path / "data"
     make_demo_dataset(data)
     for defect in (data / "demo_texture" / "test").iterdir():

@@ -1,4 +1,5 @@
-"""Switches of Section 4 and the named presets, end to end on the demo data."""
+"""Switches of Section 4 and the named presets, end to end on the demo data (the presets' plumbing
+with the training stubbed out: the training itself is tested in test_main.py and test_family.py)."""
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ import main
 from model.engine import Execution, Step, Trainer, train_epoch
 from model.generator import MaskDraws
 from model.methods import mrkd_objective
-from tests.helpers import model_for, read_rows, settings_of
+from tests.helpers import model_for, read_rows, settings_of, skip_training
 from utils.presets import PRESETS, slug
 
 
@@ -59,9 +60,20 @@ def test_ilm_switch_decides_what_the_student_sees(ilm):
     assert all((inputs is not None) == ilm for inputs in seen)
 
 
-def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_args):
+def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_args, monkeypatch):
+    skip_training(monkeypatch)
+    # Every row asks for its figures; those of the rows with both switches off and on are drawn.
+    drawn, draw_category = [], main.draw_category
+
+    def draw_two_rows(predictions, folder):
+        drawn.append(folder)
+        if folder.parent.name in ("RD4AD_baseline", "baseline_ILM_FLM_MRKD"):
+            draw_category(predictions, folder)
+
+    monkeypatch.setattr(main, "draw_category", draw_two_rows)
     assert main.main(demo_args("--categories=demo_object", "--figures=True", "--experiment=table5")) == 0
     run = tmp_path / "results" / "table5"
+    assert drawn == [run / slug(row.label) / "figures" for row in PRESETS["table5"].rows]
     table = (run / "table5.md").read_text()
     for row in PRESETS["table5"].rows:
         assert f"| {row.label} |" in table
@@ -74,11 +86,13 @@ def test_table5_preset_runs_every_row_and_draws_fig9_across_rows(tmp_path, demo_
     mrkd = torch.load(checkpoints / "baseline_ILM_FLM_MRKD" / "demo_object.pt", weights_only=True)
     assert rd4ad["generators"] == {} and mrkd["generators"] != {}
     assert_png_with_content(run / "figures" / "demo_object_features_flm.png")
-    for name in ("scores", "examples", "roc", "features"):
-        assert_png_with_content(run / "baseline_ILM_FLM_MRKD" / "figures" / f"demo_object_{name}.png")
+    for row in ("RD4AD_baseline", "baseline_ILM_FLM_MRKD"):
+        for name in ("scores", "examples", "roc", "features"):
+            assert_png_with_content(run / row / "figures" / f"demo_object_{name}.png")
 
 
 def test_table7_preset_evaluates_one_training_six_ways(tmp_path, demo_args, monkeypatch):
+    skip_training(monkeypatch)
     checks = []
     monkeypatch.setattr(main, "check_files", lambda files: checks.append(sorted(files)))
     assert main.main(demo_args("--categories=demo_object", "--experiment=table7")) == 0
@@ -89,7 +103,8 @@ def test_table7_preset_evaluates_one_training_six_ways(tmp_path, demo_args, monk
     assert len({row["pixel_auroc"] for row in rows}) == 6  # the level subset changes the map
 
 
-def test_fig11_preset_trains_each_lambda_and_draws_the_sweep(tmp_path, demo_args):
+def test_fig11_preset_trains_each_lambda_and_draws_the_sweep(tmp_path, demo_args, monkeypatch):
+    skip_training(monkeypatch)
     assert main.main(demo_args("--categories=demo_object", "--experiment=fig11")) == 0
     run = tmp_path / "results" / "fig11"
     assert_png_with_content(run / "figures" / "flm_ratio_sweep.png")

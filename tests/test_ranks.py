@@ -22,19 +22,23 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 def test_two_ranks_give_the_sequential_multi_seed_table(tmp_path, demo_args):
     arguments = demo_args("--categories=demo_texture,demo_object", "--seeds=111,1")
     # torchrun gives each of several ranks one thread; the sequential run uses one too, so that
-    # both sum in the same order.
-    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                            "main.py", *arguments, "--run_name=ranks"], cwd=REPOSITORY, capture_output=True,
-                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert ranks.returncode == 0, ranks.stderr[-2000:]
-    assert "rank 1 of 2" in ranks.stdout and ranks.stdout.count("| mean |") == 1  # rank 0 alone writes the table
-    assert "2 of 4 trainings (rank 1 of 2)" in ranks.stdout
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main.main([*arguments, "--run_name=sequential"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    # both sum in the same order. It runs here while the ranks start (their imports take seconds).
+    # Its output goes to files: a pipe nobody reads while the sequential run works could fill and stall it.
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        launched = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                     "--nproc_per_node=2", "main.py", *arguments, "--run_name=ranks"], cwd=REPOSITORY,
+                                    stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            torch.set_num_threads(1)  # conftest puts the thread count back
+            assert main.main([*arguments, "--run_name=sequential"]) == 0
+            launched.wait(timeout=600)
+        finally:  # torchrun stops its ranks on SIGTERM; nothing to stop when it has exited
+            launched.terminate()
+            launched.wait()
+    out, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+    assert launched.returncode == 0, err[-2000:]
+    assert "rank 1 of 2" in out and out.count("| mean |") == 1  # rank 0 alone writes the table
+    assert "2 of 4 trainings (rank 1 of 2)" in out
     for table in ("metrics.csv", "metrics_per_seed.csv"):
         merged, sequential = (read_rows(tmp_path / "results" / name / table) for name in ("ranks", "sequential"))
         assert merged == sequential
