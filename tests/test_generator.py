@@ -116,6 +116,6 @@ def test_fraction_of_zeroed_positions_is_the_ratio():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_draws_equal_cpu_draws():
     images = normalised(pixels(3))
-    cuda = HashedDraws(images.cuda(), 111)
+    cuda = HashedDraws(images.to(torch.device("cuda")), 111)
     for ours, shape in zip(draws(images), ((8, 8), (4, 4), (2, 2))):
         assert torch.equal(cuda.uniform((3, 1, *shape), torch.device("cuda")).cpu(), ours)
