@@ -2,8 +2,8 @@
 
 For a session lent a GPU (issue 21): the whole test suite, the benchmark's four variants and
 its compiled fast path, the rehearsal of the full reproduction (faithful on one rank, the fast
-path on ranks sharing the GPU), the demo faithful and fast, the demo over two seeds and the
-export's onnxruntime figure. Each step is a subprocess with its own timeout, cut to what is
+path on ranks sharing the GPU), the demo faithful and fast, the demo over two seeds, the
+export's onnxruntime figure and, last, the rehearsal of the compiled fast path on ranks. Each step is a subprocess with its own timeout, cut to what is
 left of --budget; a step the budget no longer allows is recorded as not run. After every step
 OUT/summary.md (the device, and for each step its command, wall time, exit status and key
 lines) and OUT/logs.txt (each step's output) are rewritten, so a run stopped from outside
@@ -179,6 +179,10 @@ def plan(smoke: bool, python: str = sys.executable) -> list[Step]:
         Step("export", (python, "-m", "model.benchmark_export", "--repeats=1" if smoke else "--repeats=3",
                         "--cases=resnet18:64" if smoke else "--cases=wide_resnet50_2:256",
                         f"--threads={1 if smoke else os.cpu_count()}"), 300 if smoke else 90, export_lines),
+        # Last, where the budget allows: the ranks compile at once, from the caches benchmark_compile filled.
+        Step("rehearsal_fast_compile", (*rehearsal, "--ranks=2" if smoke else "--ranks=4", "--fast", "--compile",
+                                        "--categories=2" if smoke else "--categories=4"), 30 if smoke else 150,
+             rehearsal_lines),
     ]
 
 
