@@ -2,20 +2,22 @@
 
 For a session lent a GPU (issue 21): the whole test suite, the benchmark's four variants and
 its compiled fast path, the rehearsal of the full reproduction (faithful on one rank, the fast
-path on ranks sharing the GPU), the demo faithful and fast, the demo over two seeds and the
-export's onnxruntime figure. Each step is a subprocess with its own timeout, cut to what is
-left of --budget; a step the budget no longer allows is recorded as not run. After every step
-OUT/summary.md (the device, and for each step its command, wall time, exit status and key
-lines) and OUT/logs.txt (each step's output) are rewritten, so a run stopped from outside
-still leaves what it measured. OUT is $OUT where it is set (the device machine), else
-results/gpu_check.
+path on ranks sharing the GPU), the demo faithful and fast, the demo over two seeds, the
+export's onnxruntime figure and, last, the rehearsal of the compiled fast path on ranks. Each
+step is a subprocess with its own timeout, cut to what is left of --budget, and is stopped at
+it with every process it started; a step the budget no longer allows is recorded as not run.
+After every step OUT/summary.md (the device, and for each step its command, wall time, exit
+status and key lines) and OUT/logs.txt (each step's output, and the end of the logs it names)
+are rewritten, so a run stopped from outside still leaves what it measured. OUT is $OUT where
+it is set (the device machine), else results/gpu_check.
 
---smoke runs every step with tiny settings on the CPU (a few minutes on two cores): a check of
+--smoke runs every step with tiny settings on the CPU (13 minutes on two busy cores): a check of
 this script, not of the code's speed. --only=name,... reruns some steps.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import re
@@ -180,6 +182,10 @@ def plan(smoke: bool, python: str = sys.executable) -> list[Step]:
         Step("export", (python, "-m", "model.benchmark_export", "--repeats=1" if smoke else "--repeats=3",
                         "--cases=resnet18:64" if smoke else "--cases=wide_resnet50_2:256",
                         f"--threads={1 if smoke else os.cpu_count()}"), 300 if smoke else 90, export_lines),
+        # Last, where the budget allows: the ranks compile at once, from the caches benchmark_compile filled.
+        Step("rehearsal_fast_compile", (*rehearsal, "--ranks=2" if smoke else "--ranks=4", "--fast", "--compile",
+                                        "--categories=2" if smoke else "--categories=4"), 30 if smoke else 150,
+             rehearsal_lines),
     ]
 
 
@@ -207,10 +213,53 @@ def run_step(step: Step, timeout: float) -> Outcome:
         output, _ = process.communicate(timeout=timeout)
         status = f"exit {process.returncode}"
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        stop(process)
         output, _ = process.communicate()
         status = f"timed out after {timeout:.0f} s"
-    return Outcome(step, time.perf_counter() - started, status, output)
+    return Outcome(step, time.perf_counter() - started, status, output + named_logs(output))
+
+
+NAMED_LOG = re.compile(r"(?:log in|output is in) (\S+\.log)")
+
+
+def named_logs(output: str) -> str:
+    """The end of each log file the output names (the rehearsal's main.py run, all ranks), so that
+    logs.txt holds it: the device machine keeps nothing."""
+    tails = []
+    for name in NAMED_LOG.findall(output):
+        path = ROOT / name
+        if path.is_file():
+            tails.append(f"----- the end of {name}\n{path.read_text(errors='replace')[-LOG_TAIL // 4:]}\n")
+    return "".join(tails)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a step and every process it started. torchrun starts each rank in a session of its own,
+    outside the step's process group: SIGTERM to the group gives torchrun 5 s to stop its ranks,
+    then SIGKILL ends what is left of the processes found under the step before."""
+    tree = [process.pid, *descendants(process.pid)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under pid, through the parent links of Linux's /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
 
 
 def shell(command: tuple[str, ...]) -> str:

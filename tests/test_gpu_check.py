@@ -117,20 +117,32 @@ def running(pid: int) -> bool:
 
 
 def test_a_step_past_its_timeout_is_killed_with_its_children():
-    sleeper = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', 'import time; "
-               "time.sleep(60)']); print('child', child.pid, flush=True); time.sleep(60)")
+    """Its children too, one in a session of its own as torchrun starts its ranks, one ignoring SIGTERM."""
+    sleeper = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               "sleep = [sys.executable, '-c', 'import time; time.sleep(60)']; "
+               "children = [subprocess.Popen(sleep), subprocess.Popen(sleep, start_new_session=True)]; "
+               "print(*(child.pid for child in children), flush=True); time.sleep(60)")
     started = time.perf_counter()
     outcome = gpu_check.run_step(Step("sleeper", (sys.executable, "-c", sleeper), 60, gpu_check.device_lines), 2)
-    assert time.perf_counter() - started < 10
-    assert outcome.status == "timed out after 2 s" and outcome.output.startswith("child ")
-    child = int(outcome.output.split()[1])
+    assert time.perf_counter() - started < 15
+    assert outcome.status == "timed out after 2 s"
+    children = [int(pid) for pid in outcome.output.split()]
     for _ in range(50):
-        if not running(child):
+        if not any(running(child) for child in children):
             break
         time.sleep(0.1)
-    assert not running(child)
+    assert len(children) == 2 and not any(running(child) for child in children)
     missing = gpu_check.run_step(Step("absent", ("no-such-program-here",), 60, gpu_check.nvidia_lines), 5)
     assert missing.status.startswith("not run: No such file or directory")
+
+
+def test_the_end_of_a_log_the_output_names_is_attached(tmp_path):
+    """As the rehearsal names main.py's log; a name of no file attaches nothing."""
+    (tmp_path / "run.log").write_text("carpet epoch 1/2 loss 0.3664 (29.8 s)\n")
+    printed = f"print('log in {tmp_path / 'run.log'}; log in {tmp_path / 'none.log'}')"
+    outcome = gpu_check.run_step(Step("named", (sys.executable, "-c", printed), 60, gpu_check.rehearsal_lines), 30)
+    assert outcome.output == (f"log in {tmp_path / 'run.log'}; log in {tmp_path / 'none.log'}\n"
+                              f"----- the end of {tmp_path / 'run.log'}\ncarpet epoch 1/2 loss 0.3664 (29.8 s)\n\n")
 
 
 def test_only_some_steps_with_their_files(tmp_path, capsys):
