@@ -25,7 +25,7 @@ from model.mrkd import MRKD
 from model.settings import Scoring
 from utils.errors import InputError
 from utils.metrics import RULE_LABELS
-from utils.report import write_atomically
+from utils.files import write_atomically
 
 # The default opset of torch.onnx's exporter (its torchlib); onnxruntime runs it from 1.14 on.
 EXPORT_OPSET = 18

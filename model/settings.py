@@ -219,12 +219,6 @@ class Settings:
         return {"FORMAT": FORMAT, **{k: v for part in (self.training, self.scoring, self.run, self.machine)
                                      for k, v in part.record().items()}}
 
-    def row(self, label: str, eval_only: bool) -> Settings:
-        """This experiment row as a run of its own, results/<run>/<label>/ (eval_only: reusing a training)."""
-        run = replace(self.run, run_name=label, experiment="")
-        mode = replace(self.mode, eval_only=eval_only or self.mode.eval_only, resume=self.mode.resume and not eval_only)
-        return replace(self, run=run, mode=mode)
-
 
 def resolve(constants: dict[str, Any], demo: dict[str, Any], methods: dict[str, dict[str, Any]],
             datasets: dict[str, dict[str, Any]], overrides: dict[str, Any], row: dict[str, Any] | None = None

@@ -15,7 +15,7 @@ import tokenize
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from utils.errors import InputError
 
@@ -40,8 +40,6 @@ def setting(*, since: Any = MISSING, may_differ: tuple[str, ...] = ()) -> Any:
 @dataclass(frozen=True)
 class Bundle:
     """Base of the settings bundles: reading from constants and records, comparing with a record."""
-
-    KIND: ClassVar[str] = "settings"
 
     @classmethod
     def from_constants(cls, constants: dict[str, Any]) -> Any:
