@@ -1,11 +1,15 @@
 """A run's folders end to end (issue 17): a run name reaches nothing outside its folders, one
 process uses a run at a time, and a refused command leaves every file as it found it."""
+import fcntl
 import hashlib
+import multiprocessing
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,26 +20,11 @@ import main
 from utils.paper import RDPP_EPOCHS
 from tests.conftest import tiny_run
 from tests.helpers import error_message, read_rows, skip_training
+from utils.errors import InputError
+from utils.runs import RunLock
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_RANGE = "SEED must be an integer in [0, 2^32)."
-
-# One racer: main.py run as a script once both racers have imported torch (seconds on a loaded
-# machine), so that they start together; it reports how long main.py took after the start.
-RACER = """
-import runpy, sys, time
-from pathlib import Path
-import main  # the imports main.py makes, done before the start
-Path(sys.argv[1]).touch()
-while not Path(sys.argv[2]).exists():
-    time.sleep(0.005)
-started = time.perf_counter()
-sys.argv = ["main.py", *sys.argv[3:]]
-try:
-    runpy.run_path("main.py", run_name="__main__")
-finally:
-    print(f"main.py took {time.perf_counter() - started:.3f} s", file=sys.stderr)
-"""
 
 # A process holding a run's lock until it is killed.
 HOLDER = """
@@ -116,24 +105,46 @@ def test_a_run_name_never_reaches_outside_its_folders(tmp_path, demo_dir, capsys
             "is a link or lies outside", tmp_path)
 
 
+def race(ready, go, arguments, stderr):
+    """One racer, forked with main.py's imports done: once both are ready it runs main.py as a
+    script and reports on stderr how long that took."""
+    sys.stderr = open(stderr, "w", buffering=1)  # pytest's capture is the parent's
+    os.dup2(sys.stderr.fileno(), 2)
+    sys.stdout = open(os.devnull, "w")
+    torch.set_num_threads(1)  # as a DataLoader's forked worker does
+    ready.touch()
+    while not go.exists():
+        time.sleep(0.005)
+    started = time.perf_counter()
+    sys.argv = ["main.py", *arguments]
+    try:
+        runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
+    finally:
+        print(f"main.py took {time.perf_counter() - started:.3f} s", file=sys.stderr)
+
+
 def test_two_processes_never_share_a_run(tmp_path, demo_dir):
     """Started together, one trains and the other is refused at once, naming the first."""
     arguments = tiny_run(demo_dir, tmp_path, "--run_name=race")
     go = tmp_path / "go"
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / f"ready{k}"), str(go), *arguments],
-                               cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for k in range(2)]
+    context = multiprocessing.get_context("fork")  # the racers start at once, with main.py's imports done
+    racers = [context.Process(target=race, args=(tmp_path / f"ready{k}", go, arguments, tmp_path / f"err{k}"))
+              for k in range(2)]
+    for racer in racers:
+        racer.start()
     try:
         while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
-            assert all(racer.poll() is None for racer in racers)
+            assert all(racer.is_alive() for racer in racers), [(tmp_path / f"err{k}").read_text() for k in range(2)]
             time.sleep(0.01)
         go.touch()
-        errs = [racer.communicate(timeout=300)[1] for racer in racers]
+        for racer in racers:
+            racer.join(timeout=300)
     finally:  # a racer that failed to start leaves none waiting
         for racer in racers:
             racer.kill()
-            racer.wait()
-    statuses = [racer.returncode for racer in racers]
+            racer.join()
+    statuses = [racer.exitcode for racer in racers]
+    errs = [(tmp_path / f"err{k}").read_text() for k in range(2)]
     assert sorted(statuses) == [0, 1], errs
     winner, loser = (0, 1) if statuses[0] == 0 else (1, 0)
     lines = errs[loser].strip().split("\n")
@@ -143,6 +154,25 @@ def test_two_processes_never_share_a_run(tmp_path, demo_dir):
     assert float(re.fullmatch(r"main.py took (\S+) s", lines[-1]).group(1)) < 1, errs[loser]
     assert read_rows(tmp_path / "results" / "race" / "metrics.csv")[0]["status"] == "ok"
     assert not (tmp_path / "checkpoints" / ".race.lock").exists()
+
+
+def test_a_lock_taken_a_moment_ago_names_its_holder_once_it_has_written_it(tmp_path, monkeypatch):
+    """The holder writes its process id just after it takes the lock: a command refused in between
+    waits for the id, and says "another process" if it never comes."""
+    folder = tmp_path / "checkpoints" / "demo"
+    folder.parent.mkdir()
+    held = open(tmp_path / "checkpoints" / ".demo.lock", "a+")
+    fcntl.flock(held, fcntl.LOCK_EX)  # taken, its id not written yet
+    writer = threading.Timer(0.1, lambda: (held.write("4242\n"), held.flush()))
+    writer.start()
+    with pytest.raises(InputError, match=r"^Run 'demo' is in use by process 4242 \(lock "):
+        RunLock(folder, "demo").acquire()
+    writer.join()
+    held.truncate(0)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    with pytest.raises(InputError, match=r"^Run 'demo' is in use by another process \(lock "):
+        RunLock(folder, "demo").acquire()
+    held.close()
 
 
 def test_a_lock_left_by_a_killed_process_does_not_block(trained, demo_dir, capsys):

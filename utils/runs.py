@@ -12,8 +12,10 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from utils.errors import InputError
 
@@ -96,6 +98,18 @@ class RunFolders:
             shutil.rmtree(aside, ignore_errors=True)
 
 
+def holder_of(file: TextIO) -> str:
+    """Who holds a lock file: "process <pid>" as the holder wrote it. The holder writes its pid just
+    after it takes the lock, so a file still empty is read again for up to a second."""
+    for _ in range(100):
+        file.seek(0)
+        pid = file.read().strip()
+        if pid:
+            return f"process {pid}"
+        time.sleep(0.01)
+    return "another process"
+
+
 class RunLock:
     """An exclusive lock on a run, held by one process: the file .<run>.lock beside the run's
     checkpoint folder (beside, not inside, so that an overwrite can move the folder aside
@@ -118,13 +132,12 @@ class RunLock:
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
-                file.seek(0)
-                holder = file.read().strip() or "another process"
+                holder = holder_of(file) if error.errno in (errno.EAGAIN, errno.EACCES) else None
                 file.close()
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                if holder is None:
                     raise
-                raise InputError(f"Run {self.run_name!r} is in use by process {holder} (lock {self.path}); wait "
-                                 f"for it to finish, or choose another --run_name.") from None
+                raise InputError(f"Run {self.run_name!r} is in use by {holder} (lock {self.path}); wait for it to "
+                                 f"finish, or choose another --run_name.") from None
             # The holder before us may have removed the file after we opened it: lock the file that is there.
             if self.path.exists() and os.stat(self.path).st_ino == os.fstat(file.fileno()).st_ino:
                 break
