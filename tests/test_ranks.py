@@ -20,7 +20,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def test_two_ranks_give_the_sequential_multi_seed_table(tmp_path, demo_args):
-    arguments = demo_args("--categories=demo_texture,demo_object", "--seeds=111,1")
+    arguments = demo_args("--seeds=111,1")  # one category: the two ranks train a seed each
     # torchrun gives each of several ranks one thread; the sequential run uses one too, so that
     # both sum in the same order. It runs here while the ranks start (their imports take seconds).
     # Its output goes to files: a pipe nobody reads while the sequential run works could fill and stall it.
@@ -38,15 +38,14 @@ def test_two_ranks_give_the_sequential_multi_seed_table(tmp_path, demo_args):
     out, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
     assert launched.returncode == 0, err[-2000:]
     assert "rank 1 of 2" in out and out.count("| mean |") == 1  # rank 0 alone writes the table
-    assert "2 of 4 trainings (rank 1 of 2)" in out
+    assert "1 of 2 trainings (rank 1 of 2)" in out
     for table in ("metrics.csv", "metrics_per_seed.csv"):
         merged, sequential = (read_rows(tmp_path / "results" / name / table) for name in ("ranks", "sequential"))
         assert merged == sequential
-    assert [row["category"] for row in merged] == ["demo_texture seed 111", "demo_texture seed 1",
-                                                   "demo_object seed 111", "demo_object seed 1"]
+    assert [row["category"] for row in merged] == ["demo_texture seed 111", "demo_texture seed 1"]
     means = read_rows(tmp_path / "results" / "ranks" / "metrics.csv")
-    assert [row["category"] for row in means] == ["demo_texture", "demo_object", "mean"]
-    assert all(row["seeds"] == "1,111" for row in means[:2]) and float(means[2]["pixel_auroc_std"]) > 0
+    assert [row["category"] for row in means] == ["demo_texture", "mean"]
+    assert means[0]["seeds"] == "1,111" and float(means[1]["pixel_auroc_std"]) > 0
 
 
 # ---- how ranks stop ---------------------------------------------------------
