@@ -57,10 +57,10 @@ def test_two_categories_compile_once_and_train_as_the_eager_path(tmp_path, demo_
             assert float(other[name]) == pytest.approx(float(row[name]), abs=0.01), (row["category"], name)
 
 
-def train(size: int) -> None:
-    """One epoch of resnet18 at size x size with a short last batch: the training graphs a category compiles."""
+def train(size: int, count: int) -> None:
+    """One epoch of resnet18 at size x size on `count` images in batches of 4: the training graphs a category compiles."""
     settings = settings_of({"DEMO": True, "IMAGE_SIZE": size, "COMPILE": True})
-    images = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(0))  # batches of 4 and 2
+    images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0))
     device = torch.device("cpu")
     model, execution = build(settings.training, settings.machine, device)
     trainer = Trainer.of(model, mrkd_objective, execution, device, settings.training)
@@ -69,17 +69,17 @@ def train(size: int) -> None:
 
 
 def test_other_shapes_start_from_a_reset_and_no_limit_is_reached(monkeypatch, aot_eager):
-    """Training compiles two graphs of each part (at the batch size, and the short batch as one graph
-    of dynamic batch; evaluation adds a third): with Dynamo's limit at 2, an experiment of two image
-    sizes in one process runs, since each size starts from torch.compiler.reset(). Without the reset
-    the next would need a third graph, and with fullgraph=True the limit is an error, not a fallback
-    to eager code."""
+    """Training compiles two graphs of each part (at the batch size, and a short last batch as one
+    graph of dynamic batch; evaluation adds a third): with Dynamo's limit at 2, an experiment of two
+    image sizes in one process runs, since each size starts from torch.compiler.reset(). Without the
+    reset the next size would need another graph, and with fullgraph=True the limit is an error,
+    not a fallback to eager code."""
     with torch._dynamo.config.patch(recompile_limit=2):
-        for size in (32, 64):
-            train(size)
-        monkeypatch.setattr(torch.compiler, "reset", lambda: None)
-        with pytest.raises(FailOnRecompileLimitHit):
-            train(32)
+        train(32, 6)  # batches of 4 and 2: two graphs of each part
+        train(64, 4)  # a third without the reset
+    monkeypatch.setattr(torch.compiler, "reset", lambda: None)
+    with torch._dynamo.config.patch(recompile_limit=1), pytest.raises(FailOnRecompileLimitHit):
+        train(32, 4)  # a second graph beside 64's
 
 
 def test_inductor_compiles_g_to_the_eager_numbers():
