@@ -191,9 +191,10 @@ def plan(smoke: bool, python: str = sys.executable) -> list[Step]:
 
 def parallel_tests() -> tuple[str, ...]:
     """pytest-xdist's options where it is installed (the device image has it): 4 workers, each test
-    file on one worker, since the tests of a file may share its fixtures and data."""
+    file on one worker, since the tests of a file may share its fixtures and data; without it, one
+    process (pyproject.toml's -n dropped)."""
     if importlib.util.find_spec("xdist") is None:
-        return ()
+        return ("-o", "addopts=")
     return ("-n", "4", "--dist=loadfile")
 
 
@@ -233,15 +234,18 @@ def named_logs(output: str) -> str:
     return "".join(tails)
 
 
+STOP_GRACE = 5.0  # seconds a step has after SIGTERM before SIGKILL
+
+
 def stop(process: subprocess.Popen) -> None:
     """End a step and every process it started. torchrun starts each rank in a session of its own,
-    outside the step's process group: SIGTERM to the group gives torchrun 5 s to stop its ranks,
-    then SIGKILL ends what is left of the processes found under the step before."""
+    outside the step's process group: SIGTERM to the group gives torchrun STOP_GRACE seconds to stop
+    its ranks, then SIGKILL ends what is left of the processes found under the step before."""
     tree = [process.pid, *descendants(process.pid)]
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=5)
+        process.wait(timeout=STOP_GRACE)
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

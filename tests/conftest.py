@@ -1,10 +1,33 @@
 """Shared fixtures: the demo data, generated once per session, a finished tiny run, main.py arguments
 for tiny runs; torch's global flags restored after each test."""
+import os
+
 import pytest
 import torch
 
 import main
 from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's share of the cores as torch's thread count: a worker per
+    core each running as many threads as there are cores would oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
+# The files whose tests take longest, in that order: started first, so that the workers finish
+# together (pytest-xdist hands out files in collection order: pyproject.toml's --no-loadscope-reorder).
+SLOWEST_FIRST = ("test_compile.py", "test_export.py", "test_ranks.py", "test_main.py", "test_family.py",
+                 "test_presets.py", "test_runs.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 @pytest.fixture(scope="session")
