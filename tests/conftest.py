@@ -1,6 +1,7 @@
 """Shared fixtures: the demo data, generated once per session, a finished tiny run, main.py arguments
 for tiny runs; torch's global flags restored after each test."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -76,6 +77,13 @@ def finished(tmp_path_factory, demo_dir):
 
 
 @pytest.fixture
+def trained(tmp_path, finished):
+    """A copy of the finished run in tmp_path, for a test that changes it."""
+    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+@pytest.fixture
 def demo_args(tmp_path, demo_dir):
     """tiny_run's arguments, writing into the test's tmp_path."""
     return lambda *extra: tiny_run(demo_dir, tmp_path, *extra)
@@ -88,6 +96,14 @@ def plain_args(demo_args):
         return demo_args("--demo=False", "--backbone=resnet18", "--weights=none", "--batch_size=8", "--workers=0",
                          "--run_name=plain", *extra)
     return build
+
+
+@pytest.fixture(autouse=True)
+def no_fsync(monkeypatch):
+    """utils/files.py: atomic_write's fsync, which makes a result durable against a power cut, waits
+    for the disk (about 12 ms a file here); the tests check what is written, not its durability (a
+    failing fsync: tests/test_files.py)."""
+    monkeypatch.setattr(os, "fsync", lambda descriptor: None)
 
 
 @pytest.fixture(autouse=True)

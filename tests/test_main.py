@@ -284,27 +284,28 @@ def test_a_category_without_anomalous_test_images_is_reported_not_crashed_on(tmp
     assert main.main(demo_args(f"--data_dir={data}", "--categories=demo_object")) == 0  # the name is not taken
 
 
-def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
-    assert main.main(demo_args("--categories=demo_object")) == 0
+def test_a_trained_run_scores_new_images(trained, demo_dir, capsys):
+    tmp_path = trained
     run = tmp_path / "results" / "demo"
-    evaluated = Predictions.load(run / "predictions" / "demo_object.npz")
-    test_images = [sample.image for sample in category_files("mvtec", demo_dir, "demo_object").test]
+    evaluated = Predictions.load(run / "predictions" / "demo_texture.npz")
+    test_images = [sample.image for sample in category_files("mvtec", demo_dir, "demo_texture").test]
     # New images in nested folders, suffixes in any case, one unreadable file.
     new = tmp_path / "new"
     chosen = {new / "a" / "000.png": "good/000.png", new / "b" / "IMG.PNG": "missing/001.png",
               new / "b" / "c" / "scan.bmp": "scratch/002.png"}
     for path, source in chosen.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.open(demo_dir / "demo_object" / "test" / source).save(path)
+        Image.open(demo_dir / "demo_texture" / "test" / source).save(path)
     broken = new / "broken.png"
     broken.write_bytes(b"not an image")
-    predict = ["--run_name=demo", f"--results_dir={tmp_path}/results", "--categories=demo_object"]
+    predict = ["--run_name=demo", f"--results_dir={tmp_path}/results", f"--checkpoint_dir={tmp_path}/checkpoints",
+               "--categories=demo_texture"]
     capsys.readouterr()
 
     assert main.main([*predict, f"--predict={new}"]) == 1
     err = error_message(capsys.readouterr().err)
     assert err.startswith(f"error: Cannot read image {broken} (") and err.count("\n") == 1
-    table = run / "predict" / "demo_object.csv"
+    table = run / "predict" / "demo_texture.csv"
     rows = read_rows(table)
     assert list(rows[0]) == ["path", "score", "normalized_score", "anomalous", "threshold", "threshold_chosen"]
     assert {row["threshold_chosen"] for row in rows} == {"chosen on the test set (F1-best)"}
@@ -313,7 +314,7 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     # the float noise of convolutions on batches of another size (1.2e-4 seen on an H100 with
     # cuDNN's TF32 convolutions, 1e-7 on a CPU).
     scores = np.array([float(row["score"]) for row in rows])
-    expected = [evaluated.scores[test_images.index(demo_dir / "demo_object" / "test" / chosen[path])]
+    expected = [evaluated.scores[test_images.index(demo_dir / "demo_texture" / "test" / chosen[path])]
                 for path in sorted(chosen)]
     np.testing.assert_allclose(scores, expected, rtol=1e-3)
     threshold, low, high = evaluated.threshold, evaluated.scores.min(), evaluated.scores.max()
@@ -321,7 +322,7 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     np.testing.assert_allclose([float(row["normalized_score"]) for row in rows],
                                metrics.normalized_scores(scores, threshold, low, high), rtol=1e-6)
     for overlay in ("a/000.png.png", "b/IMG.PNG.png", "b/c/scan.bmp.png"):
-        assert (run / "predict" / "demo_object" / overlay).read_bytes()[:4] == b"\x89PNG"
+        assert (run / "predict" / "demo_texture" / overlay).read_bytes()[:4] == b"\x89PNG"
 
     # Every call gives the same scores, also on a run written by an earlier version; one image alone
     # scores as it did among the others.
@@ -330,7 +331,7 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
     assert main.main([*predict, f"--predict={new}"]) == 0
     assert read_rows(table) == rows
     single = new / "b" / "IMG.PNG"
-    assert main.main(["--run_name=demo", f"--results_dir={tmp_path}/results", f"--predict={single}"]) == 0
+    assert main.main([*predict[:3], f"--predict={single}"]) == 0
     np.testing.assert_allclose(float(read_rows(table)[0]["score"]), scores[1], rtol=1e-5)
 
     # Each failure is one sentence.
@@ -342,8 +343,8 @@ def test_a_trained_run_scores_new_images(tmp_path, demo_args, demo_dir, capsys):
         (["--run_name=nothing", f"--results_dir={tmp_path}/results", f"--predict={new}"], "No trained run 'nothing'"),
         (["--run_name=broken", f"--results_dir={tmp_path}/results", f"--predict={new}"],
          "config.json lacks the setting DATASET; it was not written by this project's main.py."),
-        ([*predict[:2], "--categories=demo_texture", f"--predict={new}"],
-         "Run 'demo' has no checkpoint of category 'demo_texture'"),
+        ([*predict[:3], "--categories=demo_object", f"--predict={new}"],
+         "Run 'demo' has no checkpoint of category 'demo_object'"),
         ([*predict, f"--predict={tmp_path / 'empty'}"], f"No images (png, jpg, jpeg, bmp, tif, tiff) under {tmp_path}"),
     ]:
         capsys.readouterr()

@@ -62,13 +62,6 @@ def refused(capsys, arguments, message, root):
     return err
 
 
-@pytest.fixture
-def trained(tmp_path, finished):
-    """A copy of conftest's finished run in tmp_path, for a test that changes it."""
-    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
-    return tmp_path
-
-
 def predict_args(folder, images, *extra):
     return ["--run_name=demo", f"--results_dir={folder}/results", f"--checkpoint_dir={folder}/checkpoints",
             f"--predict={images}", *extra]
