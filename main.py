@@ -116,14 +116,13 @@ import numpy as np  # noqa: E402  (after the constants, so they stay at the top 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from dataset import DATASET_CATEGORIES  # noqa: E402
-from dataset import (CategoryFiles, EpochSampler, TestImages, TrainImages, category_files, seed_worker,  # noqa: E402
-                     with_validation)
+from dataset import (DATASET_CATEGORIES, CategoryFiles, EpochSampler, TestImages, TrainImages,  # noqa: E402
+                     category_files, seed_worker, with_validation)
 from dataset.check import check_files  # noqa: E402
 from dataset.demo import DEMO_DATASETS  # noqa: E402
-from model.engine import (COMPILATION, Diverged, Trainer, build, level1_features, load_weights,  # noqa: E402
-                          pick_device, predict, save_checkpoint, seed_everything, train_epoch)
-from model.evaluation import decide  # noqa: E402
+from model.engine import (COMPILATION, Diverged, Trainer, build, load_weights, pick_device, predict,  # noqa: E402
+                          save_checkpoint, seed_everything, train_epoch)
+from model.evaluation import decide, feature_examples  # noqa: E402
 from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
 from model.methods import OBJECTIVES  # noqa: E402
@@ -131,14 +130,14 @@ from model.policy import category_settings, claim, resumable, usable  # noqa: E4
 from model.predict import export_run, predict_run  # noqa: E402
 from model.settings import BUNDLES, Settings, recorded, resolve  # noqa: E402
 from utils import metrics  # noqa: E402
-from utils.config import described_constants, parse_overrides  # noqa: E402
+from utils.config import parse_overrides, usage  # noqa: E402
 from utils.errors import InputError  # noqa: E402
-from utils.figures import draw_category, pca_project  # noqa: E402
+from utils.figures import draw_category  # noqa: E402
 from utils.predictions import Predictions  # noqa: E402
 from utils.presets import PRESETS, slug  # noqa: E402
 from utils.progress import progress  # noqa: E402
 from utils.ranks import Ranks, run_together  # noqa: E402
-from utils.report import category_line, over_seeds, write_tables  # noqa: E402
+from utils.report import category_line, exit_status, over_seeds, write_run_tables  # noqa: E402
 from utils.runs import RunFolders, RunLock, make_folder  # noqa: E402
 
 
@@ -258,17 +257,12 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
     # The decision threshold for new images (--predict), by THRESHOLD's rule, and what each rule costs.
     decision = decide(trainer, settings, category, files, test_set.labels, scores, test_set.masks, maps,
                       folders.results)
-    anomalous = np.flatnonzero(test_set.labels == 1)
-    examples = anomalous[np.linspace(0, len(anomalous) - 1, min(4, len(anomalous))).round().astype(int)]
-    images = torch.stack([test_set[i][0] for i in examples])
-    features = pca_project(*level1_features(model, images, device, training.seed))
     Predictions.of(category, scores, test_set.labels, [sample.defect for sample in test_set.samples], values,
-                   decision["threshold"], decision["threshold_rule"], test_set.masks, maps, test_set.images, examples,
-                   *features).save(folders.results / "predictions" / f"{category}.npz")
+                   decision["threshold"], decision["threshold_rule"], test_set.masks, maps, test_set.images,
+                   *feature_examples(model, test_set, device, training.seed)
+                   ).save(folders.results / "predictions" / f"{category}.npz")
     if settings.machine.compile:  # the first category of an architecture pays, later ones reuse its graphs
-        print(f"{category} torch.compile: {COMPILATION.compilations - compiled[1]} compilations, "
-              f"{COMPILATION.seconds - compiled[0]:.1f} s (this process: {COMPILATION.compilations}, "
-              f"{COMPILATION.seconds:.1f} s)")
+        print(COMPILATION.report(category, compiled))
     return {"category": category, **values, **decision, "status": status, "protocol": "; ".join(protocol)}
 
 
@@ -292,14 +286,6 @@ def run_categories(settings: Settings, folders: RunFolders, check_data: bool = T
         ranks.agree(lambda: check_files({category: files[category] for category, _ in mine}))
     device = pick_device(settings.machine.device, ranks.local_rank)
     lock = RunLock(folders.checkpoints, run.run_name)
-
-    def table(rows: list[dict[str, Any]]) -> str:
-        if run.seeds:  # each seed's row, and the categories' mean and spread over the seeds
-            write_tables(folders.results, "metrics_per_seed",
-                         [{**row, "category": f"{row['category']} seed {row['seed']}"} for row in rows], None, mean=False)
-            rows = over_seeds(rows)
-        return write_tables(folders.results, "metrics", rows, paper)
-
     try:
         places = {seed: folders.seeded(seed) if run.seeds else folders for _, seed in work}
         checkpoints = {places[seed].checkpoints / f"{category}.pt":
@@ -317,26 +303,17 @@ def run_categories(settings: Settings, folders: RunFolders, check_data: bool = T
                          "seed": seed})
             print(category_line(category, rows[-1]))
             if ranks.rank == 0:
-                table(rows)
+                write_run_tables(folders.results, rows, paper, bool(run.seeds))
             if run.figures and rows[-1]["status"].startswith(("ok", "partial")):
                 draw_category(where.results / "predictions" / f"{category}.npz", where.results / "figures")
         if ranks.world > 1:  # the trainings of every rank, in the order of the list
             done = {(row["category"], row["seed"]): row for share in ranks.gather(rows) for row in share}
             rows = [done[item] for item in work]
         if ranks.rank == 0:
-            print("\n" + table(rows))
+            print("\n" + write_run_tables(folders.results, rows, paper, bool(run.seeds)))
     finally:
         lock.release()
     return over_seeds(rows) if run.seeds else rows
-
-
-def usage() -> str:
-    """--help: the module docstring, every constant with its value and comment, and what --demo, each
-    METHOD and each DATASET set."""
-    presets = {**METHODS, **DATASETS}
-    listed = "\n".join(f"  {name}: {preset or '(the constants above)'}" for name, preset in presets.items())
-    return (f"{__doc__}\n{described_constants(Path(__file__), set(CONSTANTS))}\n\n"
-            f"What --demo sets:\n  {DEMO_CONFIG}\n\nWhat each --method and --dataset sets:\n{listed}\n")
 
 
 def run_command(overrides: dict[str, Any]) -> list[dict[str, Any]]:
@@ -359,7 +336,7 @@ def run_command(overrides: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print(usage())
+        print(usage(__doc__, Path(__file__), CONSTANTS, DEMO_CONFIG, {**METHODS, **DATASETS}))
         return 0
     elements = {name: kind for part in BUNDLES for name, kind in part.element_types().items()}
     try:  # every rank stops at once on bad input, the sentence printed once (utils/ranks.py)
@@ -367,14 +344,6 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; rerun with --resume=True to continue from the last checkpoint", file=sys.stderr)
         return 130
-
-
-def exit_status(rows: list[dict[str, Any]]) -> int:
-    """1 when no category was evaluated or one diverged, else 0."""
-    if not any(row["status"].startswith(("ok", "partial")) for row in rows):
-        print("error: no category was evaluated (see the lines above).", file=sys.stderr)
-        return 1
-    return 1 if any(row["status"] == "diverged" for row in rows) else 0
 
 
 if __name__ == "__main__":

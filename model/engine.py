@@ -150,6 +150,11 @@ class Compilation:
         for part in (model.teacher, *model.trained_parts().values()):  # each, as training and scoring call them apart
             part.compile(backend=self.backend, fullgraph=True)
 
+    def report(self, category: str, before: tuple[float, int]) -> str:
+        """The line of what compiling cost since `before` (seconds, compilations), and this process's total."""
+        return (f"{category} torch.compile: {self.compilations - before[1]} compilations, "
+                f"{self.seconds - before[0]:.1f} s (this process: {self.compilations}, {self.seconds:.1f} s)")
+
     def start(self, *_) -> None:
         self.started = time.perf_counter()
 

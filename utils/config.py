@@ -172,3 +172,11 @@ def described_constants(source: Path, names: set[str]) -> str:
         comment = comments.get(node.end_lineno, "").removeprefix("#").strip()
         lines.append(f"  --{node.targets[0].id.lower()}={value}" + (f"  # {comment}" if comment else ""))
     return "\n".join(lines)
+
+
+def usage(doc: str, source: Path, constants: dict[str, Any], demo: dict[str, Any], presets: dict[str, dict]) -> str:
+    """--help: the program's docstring, every constant of `source` with its value and comment, what
+    --demo sets and what each preset (METHODS, DATASETS) sets."""
+    listed = "\n".join(f"  {name}: {preset or '(the constants above)'}" for name, preset in presets.items())
+    return (f"{doc}\n{described_constants(source, set(constants))}\n\n"
+            f"What --demo sets:\n  {demo}\n\nWhat each --method and --dataset sets:\n{listed}\n")

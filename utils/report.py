@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 
 from utils.files import write_atomically
@@ -150,6 +151,24 @@ def write_tables(folder: Path, name: str, rows: list[dict], paper: dict[str, tup
         text += "\n" + note + "\n"
     write_atomically(folder / f"{name}.md", text)
     return text
+
+
+def write_run_tables(folder: Path, rows: list[dict], paper: dict[str, tuple] | None, seeds: bool) -> str:
+    """A run's metrics.csv and metrics.md; with SEEDS (seeds=True) first metrics_per_seed, a row per
+    (category, seed), then the categories' mean and spread over their seeds. Returns the Markdown."""
+    if seeds:
+        write_tables(folder, "metrics_per_seed", [{**row, "category": f"{row['category']} seed {row['seed']}"}
+                                                  for row in rows], None, mean=False)
+        rows = over_seeds(rows)
+    return write_tables(folder, "metrics", rows, paper)
+
+
+def exit_status(rows: list[dict]) -> int:
+    """main.py's exit status: 1 when no category was evaluated or one diverged, else 0."""
+    if not any(row["status"].startswith(("ok", "partial")) for row in rows):
+        print("error: no category was evaluated (see the lines above).", file=sys.stderr)
+        return 1
+    return 1 if any(row["status"] == "diverged" for row in rows) else 0
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
