@@ -123,7 +123,7 @@ def test_demo_run_writes_everything_and_evaluates_deterministically(tmp_path, de
     # Evaluating the saved checkpoint again gives exactly the same numbers (seeded FLM masks), also
     # when the run was written by an earlier version of the code, without the settings added since.
     as_written_before(run, tmp_path / "checkpoints" / "demo")
-    assert main.main(demo_args("--eval_only=True", "--figures=True")) == 0
+    assert main.main(demo_args("--eval_only=True")) == 0
     assert read_rows(run / "metrics.csv") == rows
 
     # A failed evaluation (another backbone) names the differences and leaves the run as it was.

@@ -35,10 +35,11 @@ def test_wide_resnet_parameter_counts(wide):
     ("resnet50", (256, 512, 1024)),
     ("wide_resnet50_2", (256, 512, 1024)),
 ])
-def test_output_shapes_follow_the_backbone(backbone, channels, wide):
-    model = wide if backbone == "wide_resnet50_2" else model_for(backbone)
-    images = torch.randn(2, 3, 64, 64)
-    teacher, restored = through(model, images, images.flip(-1))
+def test_output_shapes_follow_the_backbone(backbone, channels):
+    with torch.device("meta"):  # shapes without values: nothing to initialise or compute
+        model = model_for(backbone)
+        images = torch.randn(2, 3, 64, 64)
+        teacher, restored = through(model, images, images.flip(-1))
     expected = [(2, c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16))]
     assert [tuple(f.shape) for f in teacher] == expected
     assert [tuple(f.shape) for f in restored] == expected
