@@ -1,5 +1,6 @@
 """Shared fixtures: the demo data, generated once per session, a finished tiny run, main.py arguments
-for tiny runs; torch's global flags restored after each test."""
+for tiny runs; torch's global flags restored after each test, atomic_write's fsync skipped. Under
+pytest-xdist: the slowest files first, and each worker's share of the cores' threads."""
 import os
 import shutil
 
