@@ -259,7 +259,7 @@ def run_category(settings: Settings, category: str, files: CategoryFiles, device
                       folders.results)
     Predictions.of(category, scores, test_set.labels, [sample.defect for sample in test_set.samples], values,
                    decision["threshold"], decision["threshold_rule"], test_set.masks, maps, test_set.images,
-                   *feature_examples(model, test_set, device, training.seed)
+                   *feature_examples(trainer, test_set, training.seed)
                    ).save(folders.results / "predictions" / f"{category}.npz")
     if settings.machine.compile:  # the first category of an architecture pays, later ones reuse its graphs
         print(COMPILATION.report(category, compiled))

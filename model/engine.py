@@ -449,15 +449,18 @@ def load_weights(model: MRKD, trained: Trained, path: Path) -> None:
 
 
 @torch.no_grad()
-def level1_features(model: MRKD, images: torch.Tensor, device: torch.device,
-                    mask_seed: int) -> tuple[np.ndarray, np.ndarray]:
+def level1_features(trainer: Trainer, images: torch.Tensor, mask_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Level-1 features of a few images for Fig. 9: the student's input f_T^1 and the restored f_G^1, (k, C, h, w).
 
-    The masks are the ones predict draws for these images. Both are unit-normalised over
-    the channels: the cosine loss leaves the norm of the restored features free, and the
-    anomaly map sees only their directions.
+    Computed as predict computes them: the same masks, and the same execution (under FAST
+    its autocast and memory format, so that a compiled model runs the evaluation's graphs
+    instead of compiling new ones). Both are unit-normalised over the channels: the cosine
+    loss leaves the norm of the restored features free, and the anomaly map sees only their
+    directions.
     """
-    model.eval()
-    target, _ = model.encode(images.to(device))
-    restored = model.restore(model.decode(model.project(target)), HashedDraws(images.to(device), mask_seed))
+    model = trainer.model.eval()
+    images = trainer.execution.to_device(images, trainer.device)
+    with trainer.execution.autocast(trainer.device):
+        target, _ = model.encode(images)
+        restored = model.restore(model.decode(model.project(target)), HashedDraws(images, mask_seed))
     return tuple(F.normalize(f[0].float(), dim=1).cpu().numpy() for f in (target, restored))

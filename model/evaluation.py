@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 
 from dataset import CategoryFiles, TestImages, TestSample
 from model.engine import Trainer, level1_features, predict
-from model.mrkd import MRKD
 from model.settings import Settings
 from utils import metrics, submission
 from utils.figures import pca_project
@@ -51,11 +50,10 @@ def decide(trainer: Trainer, settings: Settings, category: str, files: CategoryF
     return row
 
 
-def feature_examples(model: MRKD, test_set: TestImages, device: torch.device, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def feature_examples(trainer: Trainer, test_set: TestImages, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fig. 9's examples: up to four anomalous test images, evenly spread (their indices), and
     their level-1 features f_T^1 and f_G^1, projected to RGB (utils/figures.py: pca_project)."""
     anomalous = np.flatnonzero(test_set.labels == 1)
     examples = anomalous[np.linspace(0, len(anomalous) - 1, min(4, len(anomalous))).round().astype(int)]
     images = torch.stack([test_set[i][0] for i in examples])
-    return examples, *pca_project(*level1_features(model, images, device, seed))
+    return examples, *pca_project(*level1_features(trainer, images, seed))
