@@ -2,6 +2,7 @@
 import csv
 import json
 
+import numpy as np
 import torch
 
 import main
@@ -59,3 +60,19 @@ def skip_training(monkeypatch):
     surrounds the training (presets, rows, checkpoints, tables, figures), not of the training.
     The untrained weights are saved and evaluated as trained ones would be."""
     monkeypatch.setattr(main, "train_epoch", lambda *arguments, **keywords: 0.5)
+
+
+def seeded_synthesis(synthesize):
+    """Run a synthesis (uint8 image, rng) -> (float32 image on [0, 1], bool mask) on a random 64x64
+    image with seeds 5, 5 and 6, checking that it leaves its input as it was, repeats itself for a
+    seed and differs for another. Returns the input on the [0, 1] scale, the first result and its mask."""
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    original = image.copy()
+    first, mask = synthesize(image, np.random.default_rng(5))
+    second, mask_again = synthesize(image, np.random.default_rng(5))
+    other, _ = synthesize(image, np.random.default_rng(6))
+    assert np.array_equal(image, original)
+    assert np.array_equal(first, second) and np.array_equal(mask, mask_again)
+    assert not np.array_equal(first, other)
+    assert first.dtype == np.float32 and mask.dtype == bool
+    return image.astype(np.float32) / 255, first, mask
