@@ -2,7 +2,6 @@
 MVTec AD 2 the benchmark's own metrics and the submission of its private test sets."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,9 @@ def decide(trainer: Trainer, settings: Settings, category: str, files: CategoryF
         pixel_threshold = metrics.mean_std_threshold(normal[1])
         row.update(metrics.mvtec_ad_2_metrics(masks, maps, pixel_threshold))
         private = {split: score_files(trainer, paths, settings)[1] for split, paths in files.private.items()}
-        folder = results / "submission"
-        if settings.mode.eval_only:  # this run's own earlier submission of the category is replaced
-            for base in (submission.MAPS, submission.BINARY_MAPS):
-                shutil.rmtree(folder / base / category, ignore_errors=True)
-        submission.write_category(folder, category, files.private, private, pixel_threshold)
+        # The run's own earlier submission of the category (an evaluation again, a resume) is replaced.
+        submission.write_category(results / "submission", category, files.private, private, pixel_threshold,
+                                  replace=True)
     return row
 
 

@@ -160,6 +160,8 @@ def test_a_demo_in_mvtec_ad_2s_layout_trains_evaluates_and_writes_the_submission
         assert [path.stem for path in maps] == [path.stem for path in binary] == sorted(path.stem for path in images)
         assert tifffile.imread(maps[0]).dtype == np.float16
         assert set(np.unique(np.asarray(Image.open(binary[0])))) <= {0, 255}
-    # Evaluating again replaces this run's own submission of the category.
-    assert main.main(demo_args("--dataset=mvtec_ad_2", f"--data_dir={tmp_path}/ad2", "--categories=demo_object",
-                               "--eval_only=True")) == 0
+    # Evaluating again, or resuming the finished run (which evaluates it again), replaces this run's
+    # own submission of the category.
+    for again in ("--eval_only=True", "--resume=True"):
+        assert main.main(demo_args("--dataset=mvtec_ad_2", f"--data_dir={tmp_path}/ad2", "--categories=demo_object",
+                                   again)) == 0

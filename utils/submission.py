@@ -15,6 +15,7 @@ that they lie over the server's full-resolution ground truth.
 """
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +34,7 @@ TIFF_COMPRESSION = "zlib"
 
 
 def write_category(folder: str | Path, category: str, images: dict[str, list[Path]], maps: dict[str, np.ndarray],
-                   threshold: float, workers: int | None = None) -> list[Path]:
+                   threshold: float, workers: int | None = None, replace: bool = False) -> list[Path]:
     """Write one category's maps into the submission `folder`; returns the files written.
 
     images: split -> its image paths (CategoryFiles.private); maps: split -> (N, S, S) anomaly
@@ -42,11 +43,13 @@ def write_category(folder: str | Path, category: str, images: dict[str, list[Pat
     float32, then stored as float16 and binarized from the float32 values. workers: threads.
 
     Refused with an InputError, before anything is written, when the category already has a
-    folder under `folder`: a submission is written once, never merged into an older one.
+    folder under `folder`: a submission is written once, never merged into an older one. With
+    replace=True (a run rewriting its own submission) the category's folders are removed instead,
+    once the maps are checked.
     """
     folder = Path(folder)
     for base in (MAPS, BINARY_MAPS):
-        if (folder / base / category).exists():
+        if (folder / base / category).exists() and not replace:
             raise InputError(f"Submission folder {folder / base / category} already exists; remove it or write"
                              " the submission into another folder.")
     if images.keys() != maps.keys():
@@ -59,6 +62,7 @@ def write_category(folder: str | Path, category: str, images: dict[str, list[Pat
         if not np.isfinite(split_maps).all() or np.abs(split_maps).max() > limit:
             raise ValueError(f"maps of {split} must be finite and within float16's range (±{limit:g}).")
     for base in (MAPS, BINARY_MAPS):
+        shutil.rmtree(folder / base / category, ignore_errors=True)
         for split in maps:
             (folder / base / category / split).mkdir(parents=True)
     jobs = [(image, split_map, folder / MAPS / category / split / f"{Path(image).stem}.tiff",
