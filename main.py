@@ -14,7 +14,6 @@ lists comma-separated; none for no value).
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -109,9 +108,6 @@ METHODS = {
 DATASETS = {"mvtec_ad_2": {"THRESHOLD": "normal"}}
 # ----------------------------------------------------------------------------------------
 
-# cuBLAS repeats its results only with a fixed workspace; set before torch starts CUDA.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
 import numpy as np  # noqa: E402  (after the constants, so they stay at the top of the file)
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -120,9 +116,9 @@ from dataset import (DATASET_CATEGORIES, CategoryFiles, EpochSampler, TestImages
                      category_files, seed_worker, with_validation)
 from dataset.check import check_files  # noqa: E402
 from dataset.demo import DEMO_DATASETS  # noqa: E402
-from model.engine import (COMPILATION, Diverged, Trainer, build, load_weights, pick_device, predict,  # noqa: E402
+from model.engine import (COMPILATION, Diverged, Trainer, build, load_weights, pick_device,  # noqa: E402
                           save_checkpoint, seed_everything, train_epoch)
-from model.evaluation import decide, feature_examples  # noqa: E402
+from model.evaluation import decide, feature_examples, score_set  # noqa: E402
 from model.experiments import paper_rows, run_experiment  # noqa: E402
 from model.generator import MaskDraws  # noqa: E402
 from model.methods import OBJECTIVES  # noqa: E402
@@ -212,11 +208,7 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
 def evaluate_category(trainer: Trainer, test_set: TestImages, settings: Settings
                       ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The four metrics (fractions), the image scores (N,) and the smoothed maps (N, S, S)."""
-    # The test images are preloaded: worker processes would only add their start-up time.
-    loader = DataLoader(test_set, batch_size=settings.training.batch_size, shuffle=False,
-                        pin_memory=trainer.device.type == "cuda")
-    scores, maps = predict(trainer.model, loader, trainer.device, settings.scoring, trainer.execution,
-                           settings.training.seed)
+    scores, maps = score_set(trainer, test_set, settings)
     return metrics.evaluate(test_set.labels, scores, test_set.masks, maps), scores, maps
 
 

@@ -64,7 +64,6 @@ LAYOUTS = {
 }
 # Suffixes are matched ignoring case (001.PNG, 001_mask.PNG), for images and masks alike.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-# An error listing many files names at most this many, then says how many more.
 
 # VisA's one-class split (the dataset's own, as released): one row per image, paths relative
 # to the root; label "normal" or "anomaly", split "train" or "test", mask empty for normal images.

@@ -33,15 +33,15 @@ CASES = (("resnet18", 64), ("wide_resnet50_2", 256))
 BATCHES = (1, 8)
 
 
-def per_image_ms(run: Callable[[], object], batch: int, repeats: int) -> float:
-    """Median wall time of `repeats` calls after one warm-up, per image, in ms."""
-    run()
+def per_image_ms(run: Callable[[], np.ndarray], batch: int, repeats: int) -> tuple[float, np.ndarray]:
+    """Median wall time of `repeats` calls after one warm-up, per image, in ms, and what the warm-up returned."""
+    result = run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch
+    return 1000 * statistics.median(times) / batch, result
 
 
 def benchmark(backbone: str, size: int, repeats: int, threads: tuple[int, ...], folder: Path) -> list[str]:
@@ -63,16 +63,17 @@ def benchmark(backbone: str, size: int, repeats: int, threads: tuple[int, ...], 
 
     for count in threads:
         torch.set_num_threads(count)
-        torch_ms = {batch: per_image_ms(lambda: pytorch(images[:batch]), batch, repeats) for batch in BATCHES}
+        torch_runs = {batch: per_image_ms(lambda: pytorch(images[:batch]), batch, repeats) for batch in BATCHES}
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = count, 1
         onnx = scorer(onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
 
         for batch in BATCHES:
-            ort_ms = per_image_ms(lambda: onnx(images[:batch]), batch, repeats)
-            difference = np.abs(onnx(images[:batch]) / pytorch(images[:batch]) - 1).max()
+            ort_ms, ort_scores = per_image_ms(lambda: onnx(images[:batch]), batch, repeats)
+            torch_ms, torch_scores = torch_runs[batch]
+            difference = np.abs(ort_scores / torch_scores - 1).max()
             lines.append(f"  {count} thread{'s' if count > 1 else ''}, batch {batch}: onnxruntime {ort_ms:7.1f} "
-                         f"ms/image, PyTorch {torch_ms[batch]:7.1f} ms/image ({torch_ms[batch] / ort_ms:.2f}x), "
+                         f"ms/image, PyTorch {torch_ms:7.1f} ms/image ({torch_ms / ort_ms:.2f}x), "
                          f"scores differ by {difference:.1e} (relative)")
     return lines
 

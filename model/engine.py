@@ -6,6 +6,7 @@ shared by every method, main.py, --predict and the benchmark.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import random
 import time
@@ -26,6 +27,11 @@ from model.settings import Machine, Scoring, Training
 from utils.config import FORMAT
 from utils.errors import InputError
 from utils.files import atomic_write
+
+# cuBLAS repeats its results only with a fixed workspace, which the deterministic algorithms of the
+# faithful path (execution_for) require; set on import, before torch starts CUDA, for every command
+# and tool that builds a model here (main.py, the benchmark, the GPU check's steps).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 class Diverged(Exception):

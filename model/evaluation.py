@@ -16,11 +16,18 @@ from utils import metrics, submission
 from utils.figures import pca_project
 
 
-def score_files(trainer: Trainer, paths: list[Path], settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores (N,) and smoothed maps (N, S, S) of images without ground truth, as the test set's."""
-    images = TestImages([TestSample(path, None, 0, "good") for path in paths], settings.training.image_size)
+def score_set(trainer: Trainer, images: TestImages, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (N,) and smoothed maps (N, S, S) of a set of images, in its order, as the run scores
+    its test set."""
+    # The images are preloaded: worker processes would only add their start-up time.
     loader = DataLoader(images, batch_size=settings.training.batch_size, pin_memory=trainer.device.type == "cuda")
     return predict(trainer.model, loader, trainer.device, settings.scoring, trainer.execution, settings.training.seed)
+
+
+def score_files(trainer: Trainer, paths: list[Path], settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """score_set of images without ground truth."""
+    return score_set(trainer, TestImages([TestSample(path, None, 0, "good") for path in paths],
+                                         settings.training.image_size), settings)
 
 
 def decide(trainer: Trainer, settings: Settings, category: str, files: CategoryFiles, labels: np.ndarray,

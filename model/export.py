@@ -26,6 +26,7 @@ from model.settings import Scoring
 from utils.errors import InputError
 from utils.metrics import RULE_LABELS
 from utils.files import write_atomically
+from utils.predictions import Predictions
 
 # The default opset of torch.onnx's exporter (its torchlib); onnxruntime runs it from 1.14 on.
 EXPORT_OPSET = 18
@@ -44,6 +45,12 @@ class Decision:
     low: float
     high: float
     rule: str = "f1_test"
+
+    @classmethod
+    def of(cls, evaluated: Predictions) -> Decision:
+        """The decision of a category's evaluation: its threshold and rule, its lowest and highest test score."""
+        return cls(evaluated.threshold, float(evaluated.scores.min()), float(evaluated.scores.max()),
+                   evaluated.threshold_rule)
 
 
 def graph_normalized_scores(scores: torch.Tensor, threshold: float, low: float, high: float) -> torch.Tensor:

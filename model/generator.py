@@ -18,24 +18,19 @@ UNIFORM_BITS = 24               # float32's significand: u = (h mod 2^24) / 2^24
 
 
 class MaskDraws:
-    """Where the uniform draws R of Eq. (2) come from: a seeded CPU generator for the whole
-    batch, or a list of one per sample (at test time, so that an image's masks depend on
-    nothing but the image).
+    """Where the uniform draws R of Eq. (2) come from in training: a seeded CPU generator for the
+    whole batch (at test time: HashedDraws, so that an image's masks depend on nothing but the image).
 
     R is drawn on the CPU and then moved to the features' device, so one seed gives
     the same masks on any device. The captured training step of the fast path
     (model/engine.py: CapturedStep) subclasses it to feed its static buffers.
     """
 
-    def __init__(self, generator: torch.Generator | list[torch.Generator]):
+    def __init__(self, generator: torch.Generator):
         self.generator = generator
 
     def uniform(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        if isinstance(self.generator, list):  # sample b's R from generator b
-            r = torch.cat([torch.rand((1, *shape[1:]), generator=generator) for generator in self.generator])
-        else:
-            r = torch.rand(shape, generator=self.generator)
-        return r.to(device)
+        return torch.rand(shape, generator=self.generator).to(device)
 
 
 class HashedDraws(MaskDraws):
@@ -54,8 +49,7 @@ class HashedDraws(MaskDraws):
     """
 
     def __init__(self, images: torch.Tensor, seed: int):
-        # No generator: every draw is a function of its coordinates.
-        super().__init__([])
+        # No generator (MaskDraws.__init__ not called): every draw is a function of its coordinates.
         self.state = absorb(seed % HASH_PRIME, image_keys(images))  # (B,)
         self.calls = 0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import os
 import re
@@ -66,6 +67,11 @@ class Outcome:
     seconds: float
     status: str
     output: str
+
+    @functools.cached_property
+    def lines(self) -> list[str]:
+        """The step's key lines, read from its output once (summary.md is rewritten after every step)."""
+        return self.step.read(self.output)
 
 
 # ---- reading the steps' output (pure functions) -----------------------------------------------
@@ -274,20 +280,20 @@ def shell(command: tuple[str, ...]) -> str:
 def summary(outcomes: list[Outcome], started: datetime, budget: float, note: str) -> str:
     """summary.md: the device, a table of the steps, then each step's command and key lines."""
     device = [line for outcome in outcomes if outcome.step.name in ("device", "nvidia-smi")
-              for line in outcome.step.read(outcome.output)] or ["device: its step did not run"]
+              for line in outcome.lines] or ["device: its step did not run"]
     used = sum(outcome.seconds for outcome in outcomes)
     text = [f"# GPU check, {started:%Y-%m-%d %H:%M} UTC", "",
             *(f"- {line}" for line in device), f"- budget {budget:.0f} s, {used:.0f} s used"]
     text += [f"- note: {note}"] if note else []
     text += ["", "| step | wall s | status | key figures |", "|---|---|---|---|"]
     for outcome in outcomes:
-        key = outcome.step.read(outcome.output)
+        key = outcome.lines
         text.append(f"| {outcome.step.name} | {outcome.seconds:.1f} | {outcome.status} | "
                     f"{key[0].replace('|', '/') if key else ''} |")
     for outcome in outcomes:
         text += ["", f"## {outcome.step.name}: {outcome.status}, {outcome.seconds:.1f} s", "",
                  f"`{shell(outcome.step.command)}`", ""]
-        text += [f"    {line}" for line in outcome.step.read(outcome.output)]
+        text += [f"    {line}" for line in outcome.lines]
     return "\n".join(text) + "\n"
 
 

@@ -80,8 +80,8 @@ def predict_category(settings: Settings, category: str, reference: Predictions, 
     """
     training = settings.training
     model, execution, partial = trained_model(settings, category, device, folders)
-    threshold, chosen = reference.threshold, metrics.RULE_LABELS[reference.threshold_rule]
-    low, high = float(reference.scores.min()), float(reference.scores.max())
+    decision = Decision.of(reference)
+    threshold, low, high, chosen = decision.threshold, decision.low, decision.high, metrics.RULE_LABELS[decision.rule]
     scale = (float(reference.example_maps.min()), float(reference.example_maps.max()))  # as Fig. 7's
     folder = folders.results / "predict" / category
     shutil.rmtree(folder, ignore_errors=True)  # an earlier call's overlays would not match the new CSV
@@ -148,9 +148,7 @@ def export_run(settings: Settings) -> list[dict[str, Any]]:
         plan = prediction_plan(cpu, folders)
         for category, reference in plan.items():
             model, _, _ = trained_model(cpu, category, torch.device("cpu"), folders)
-            decision = Decision(reference.threshold, float(reference.scores.min()), float(reference.scores.max()),
-                                reference.threshold_rule)
             path = folders.results / "export" / f"{category}.onnx"
-            export_onnx(model, cpu.scoring, decision, cpu.training.seed, cpu.training.image_size, cpu.record(), path)
+            export_onnx(model, cpu.scoring, Decision.of(reference), cpu.training.seed, cpu.training.image_size, cpu.record(), path)
             print(f"{category}: {path} and {path.with_suffix('.json')}")
     return [{"category": category, "status": "ok"} for category in plan]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from geomloss import SamplesLoss
 
-from model.loss import distillation_loss
+from model.loss import distillation_loss, level_distances
 
 if TYPE_CHECKING:
     from model import MRKD
@@ -79,10 +79,7 @@ def reconstruction_loss(projected_noisy: Sequence[torch.Tensor],
                         projected_normal: Sequence[torch.Tensor]) -> torch.Tensor:
     """L_recon: sum over levels of the mean over (B, H, W) of 1 - cos(P^l(f_T^l(x_a)), P^l(f_T^l(x_n)))
     over channels at each position (the authors' CosineSimilarity on (B, C, H, W), dim 1). A scalar."""
-    loss = projected_normal[0].new_zeros((), dtype=torch.float32)
-    for a, n in zip(projected_noisy, projected_normal):
-        loss = loss + (1 - F.cosine_similarity(a.float(), n.float(), dim=1)).mean()
-    return loss
+    return sum(distance.mean() for distance in level_distances(projected_noisy, projected_normal))
 
 
 def contrast_loss(teacher_noisy: Sequence[torch.Tensor], projected_normal: Sequence[torch.Tensor],

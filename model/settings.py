@@ -253,13 +253,12 @@ def recorded(constants: dict[str, Any], overrides: dict[str, Any]) -> Settings:
         raise InputError(f"{what} with the settings the run was trained and evaluated with; leave out "
                          f"{', '.join(refused)}.")
     where = {**constants, **overrides}
-    Settings.from_constants(where)  # the command line's values in range, before the run's folders are read
-    folders = RunFolders.of(where["RESULTS_DIR"], where["CHECKPOINT_DIR"], where["RUN_NAME"])
+    folders = Settings.from_constants(where).run.folders()  # the command line's values checked first
     saved = folders.config()
-    if saved is None:
-        raise InputError(f"No trained run {where['RUN_NAME']!r}: {folders.results / 'config.json'} does not exist; "
-                         f"train it first, or give the --run_name and --results_dir it was trained with.")
     path = folders.results / "config.json"
+    if saved is None:
+        raise InputError(f"No trained run {where['RUN_NAME']!r}: {path} does not exist; "
+                         f"train it first, or give the --run_name and --results_dir it was trained with.")
     if saved.get("FORMAT", 1) > FORMAT:
         raise InputError(f"{path} was written by a newer version of this project (format {saved['FORMAT']}); "
                          f"update the code to score with it.")

@@ -34,6 +34,8 @@ def setting(*, since: Any = MISSING, may_differ: tuple[str, ...] = ()) -> Any:
     """A bundle field. since: the value runs written before the field existed were made
     with (their records lack it). may_differ: the uses (USES) for which a checkpoint made
     with another value is still accepted."""
+    if not set(may_differ) <= set(USES):
+        raise ValueError(f"may_differ names uses of {USES}; got {may_differ}.")
     return field(metadata={"since": since, "may_differ": may_differ})
 
 

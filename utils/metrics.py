@@ -123,10 +123,10 @@ def decision_thresholds(labels: np.ndarray, scores: np.ndarray, normal_scores: n
     """The threshold of every rule of THRESHOLD_RULES that the data allows: labels (N,) and scores
     (N,) of the test set, normal_scores (M,) of normal images that neither training nor testing
     uses (None where there are none: f1_test alone)."""
-    if normal_scores is None:
-        return {"f1_test": f1_threshold(labels, scores)}
-    return {"f1_test": f1_threshold(labels, scores), "normal": normal_threshold(normal_scores),
-            "normal_mean_3std": mean_std_threshold(normal_scores)}
+    thresholds = {"f1_test": f1_threshold(labels, scores)}
+    if normal_scores is not None:
+        thresholds.update(normal=normal_threshold(normal_scores), normal_mean_3std=mean_std_threshold(normal_scores))
+    return thresholds
 
 
 def normal_threshold(normal_scores: np.ndarray) -> float:

@@ -30,7 +30,7 @@ from utils.errors import InputError, reason
 WAIT_FOR_RANKS = timedelta(hours=48)
 
 
-class Stopped(InputError):
+class Stopped(Exception):
     """Raised on every rank at the same exchange once one rank has failed: all ranks stop.
 
     messages: the failures' sentences, each once, in rank order; rank 0 prints them.
@@ -88,8 +88,6 @@ class Ranks:
         try:
             if only_rank in (None, self.rank):
                 work()
-        except Stopped:
-            raise  # the others know already: a second exchange would wait for ranks that have stopped
         except InputError as error:
             self.stop(str(error))
         self.gather(None)
@@ -130,8 +128,6 @@ def run_together(job: Callable[[], int], ranks: Ranks | None = None) -> int:
             status = job()
             ranks.gather(None)  # the end of the job: where a rank that failed waits to tell the others
             return status
-        except Stopped:
-            raise
         except (InputError, OSError) as error:
             ranks.stop(failure_sentence(error))
     except LostRanks as lost:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from utils.errors import InputError
+from utils.errors import InputError, reason
 
 # Letters, digits, '_', '-' and '.', not starting with '.' or '-': no '..', no hidden folder, no option.
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -34,7 +34,7 @@ def make_folder(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"Cannot create the folder {path} ({error.strerror}); check --results_dir and "
+        raise InputError(f"Cannot create the folder {path} ({reason(error)}); check --results_dir and "
                          f"--checkpoint_dir.") from None
 
 
@@ -92,7 +92,7 @@ class RunFolders:
         except OSError as error:
             for folder, aside in reversed(moved):
                 aside.rename(folder)
-            raise InputError(f"Cannot move {error.filename} aside to overwrite the run ({error.strerror}); nothing "
+            raise InputError(f"Cannot move {error.filename} aside to overwrite the run ({reason(error)}); nothing "
                              f"was deleted: make its parent folder writable, or choose another --run_name.") from None
         for _, aside in moved:
             shutil.rmtree(aside, ignore_errors=True)
