@@ -407,10 +407,11 @@ def save_checkpoint(path: Path, model: MRKD, optimizer: torch.optim.Optimizer | 
         torch.save(state, file)
 
 
-def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """What save_checkpoint wrote, tensors on the device."""
+def read_checkpoint(path: Path, device: torch.device, mmap: bool = False) -> dict[str, Any]:
+    """What save_checkpoint wrote, tensors on the device; mmap=True (CPU): the tensors are mapped,
+    read from disk only when used (a check of the settings reads little of a large checkpoint)."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise InputError(f"No checkpoint at {path}; train first (without --eval_only).") from None
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
@@ -432,10 +433,10 @@ class Trained:
         return self.epoch >= self.training.epochs and "optimizer" not in self.state
 
 
-def read_trained(path: Path, device: torch.device, training: Training, use: str) -> Trained:
-    """A checkpoint, refused with one sentence when it was trained with Training settings other
-    than `training` in a field that may not differ for `use` (utils/config.py: USES)."""
-    state = read_checkpoint(path, device)
+def read_trained(path: Path, device: torch.device, training: Training, use: str, mmap: bool = False) -> Trained:
+    """A checkpoint (read as read_checkpoint does), refused with one sentence when it was trained with
+    Training settings other than `training` in a field that may not differ for `use` (utils/config.py: USES)."""
+    state = read_checkpoint(path, device, mmap)
     recorded = Training.from_record(state.get("config", {}), str(path))
     conflicts = training.conflicts(recorded, use)
     if conflicts:

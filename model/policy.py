@@ -27,10 +27,11 @@ def category_settings(settings: Settings, category: str) -> Settings:
                                               epochs=RDPP_EPOCHS.get(category, settings.training.epochs)))
 
 
-def resumable(checkpoint: Path, device: torch.device, training: Training) -> Trained:
+def resumable(checkpoint: Path, device: torch.device, training: Training, mmap: bool = False) -> Trained:
     """The checkpoint a resume goes on from, refused with one sentence when it cannot: other
-    Training settings, or a finished training (its optimiser state dropped) asked for more epochs."""
-    trained = read_trained(checkpoint, device, training, "resume")
+    Training settings, or a finished training (its optimiser state dropped) asked for more epochs.
+    mmap=True: a check only, which reads little more than the settings (read_checkpoint)."""
+    trained = read_trained(checkpoint, device, training, "resume", mmap)
     if trained.epoch < training.epochs and "optimizer" not in trained.state:
         raise InputError(f"{checkpoint} holds a finished training ({trained.epoch} epochs) without its optimiser "
                          f"state; train a new run to go on to {training.epochs} epochs.")
@@ -81,7 +82,7 @@ def claim(settings: Settings, folders: RunFolders, lock: RunLock, checkpoints: d
     if mode.resume:
         for checkpoint, training in checkpoints.items():
             if checkpoint.exists():
-                resumable(checkpoint, torch.device("cpu"), training)
+                resumable(checkpoint, torch.device("cpu"), training, mmap=True)  # train_category reads it
     make_folder(folders.results)
     if mode.use in (None, "resume"):
         write_atomically(folders.results / "config.json", json.dumps(settings.record(), indent=2) + "\n")
