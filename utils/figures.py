@@ -6,20 +6,23 @@ Figures: Fig. 6 `figure_score_density`, Fig. 7 `figure_examples`, ROC curves
 `figure_roc`, Fig. 9 `figure_features`, Fig. 11 `figure_lambda_sweep`; for a new image
 scored with --predict, `figure_overlay`.
 Figures are `matplotlib.figure.Figure` objects rendered by Agg, never registered with
-pyplot: no global state, no backend to select, and each is freed once saved.
+pyplot: no global state, no backend to select, and each is freed once saved. matplotlib
+is imported at the first figure (`_figure`): a process that draws none (FIGURES=False, the
+ranks of torchrun, --predict) starts half a second sooner.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.cm import ScalarMappable
-from matplotlib.figure import Figure
-from scipy.stats import gaussian_kde
 
 from utils.files import atomic_write
 from utils.metrics import METRICS, roc_curve
 from utils.predictions import Predictions
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 DPI = 110            # the PNGs' resolution
@@ -66,7 +69,8 @@ def figure_score_density(pred: Predictions, path: Path) -> None:
     scores = pred.scores.astype(np.float64)                            # (N,)
     span = scores.max() - scores.min()
     normalised = (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
-    figure = Figure(figsize=(5.6, 3.8), dpi=DPI, layout="constrained")
+    from scipy.stats import gaussian_kde
+    figure = _figure(5.6, 3.8)
     axes = figure.add_subplot()
     grid = np.linspace(0.0, 1.0, 400)
     bins = np.linspace(0.0, 1.0, 26)
@@ -105,8 +109,7 @@ def figure_examples(pred: Predictions, path: Path) -> None:
             row[1].contour(mask.astype(np.float32), levels=[0.5], colors="red", linewidths=1.5)
         row[2].imshow(image)
         heat = row[2].imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=low, vmax=high)
-    # The bar shows the colour map itself, not its half-transparent overlay.
-    figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=grid[:, 2], label="anomaly score")
+    _colour_bar(figure, heat, grid[:, 2])
     figure.suptitle(f"{pred.category}: localisation, pixel AU-ROC {pred.metrics['pixel_auroc']:.1%}")
     _save(figure, path)
 
@@ -119,14 +122,14 @@ def figure_overlay(image: np.ndarray, anomaly_map: np.ndarray, scale: tuple[floa
     the same for every image of a category (its Fig. 7 examples' range), so that a hotter
     colour means a higher score on every overlay.
     """
-    figure = Figure(figsize=(4.6, 4.0), dpi=DPI, layout="constrained")
+    figure = _figure(4.6, 4.0)
     axes = figure.add_subplot()
     axes.imshow(image)
     heat = axes.imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=scale[0], vmax=scale[1])
     axes.set_xticks([])
     axes.set_yticks([])
     axes.set_title(title, fontsize=9)
-    figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=axes, label="anomaly score")
+    _colour_bar(figure, heat, axes)
     _save(figure, path)
 
 
@@ -135,7 +138,7 @@ def figure_roc(pred: Predictions, path: Path) -> None:
     metrics = pred.metrics
     panels = (("image ROC", roc_curve(pred.labels, pred.scores), metrics["image_auroc"]),
               ("pixel ROC", (pred.pixel_fpr, pred.pixel_tpr), metrics["pixel_auroc"]))
-    figure = Figure(figsize=(8.4, 4.4), dpi=DPI, layout="constrained")
+    figure = _figure(8.4, 4.4)
     for axes, (title, (fpr, tpr), auroc) in zip(figure.subplots(1, 2), panels):
         axes.plot(fpr, tpr, color="tab:red", linewidth=2, label=f"AU-ROC {auroc:.1%}")
         axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
@@ -184,7 +187,7 @@ def figure_lambda_sweep(ratios: list[float], rows: list[dict], path: Path) -> No
         raise ValueError(f"need one row per ratio, got {len(ratios)} ratios and {len(rows)} rows.")
     order = np.argsort(ratios)
     lambdas = np.asarray(ratios, dtype=np.float64)[order]
-    figure = Figure(figsize=(7.2, 4.0), dpi=DPI, layout="constrained")
+    figure = _figure(7.2, 4.0)
     axes = figure.add_subplot()
     for name in METRICS:
         percents = [100 * float(rows[i][name]) for i in order]
@@ -255,11 +258,22 @@ def _example_labels(pred: Predictions) -> list[str]:
     return [f"{pred.defects[index]}\n(test image {index})" for index in pred.example_index]
 
 
+def _figure(width: float, height: float) -> Figure:
+    """An empty figure of that size in inches, laid out by matplotlib's constrained layout."""
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _colour_bar(figure: Figure, heat, axes) -> None:
+    """The bar of an overlay's colour map beside `axes`: the map itself, not its half-transparent overlay."""
+    from matplotlib.cm import ScalarMappable
+    figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=axes, label="anomaly score")
+
+
 def _grid(titles: list[str] | tuple[str, ...], row_labels: list[str]) -> tuple[Figure, np.ndarray]:
     """A figure of image panels without ticks, a column per title and a row per label."""
     n_rows, n_columns = len(row_labels), len(titles)
-    figure = Figure(figsize=(n_columns * PANEL_INCHES + 0.9, n_rows * PANEL_INCHES + 0.5), dpi=DPI,
-                    layout="constrained")
+    figure = _figure(n_columns * PANEL_INCHES + 0.9, n_rows * PANEL_INCHES + 0.5)
     grid = figure.subplots(n_rows, n_columns, squeeze=False)  # (n_rows, n_columns) of Axes
     for axes in grid.ravel():
         axes.set_xticks([])
