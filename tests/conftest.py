@@ -1,14 +1,13 @@
 """Shared fixtures: the demo data, generated once per session, a finished tiny run, main.py arguments
 for tiny runs; torch's global flags restored after each test, atomic_write's fsync skipped. Under
-pytest-xdist: the slowest files first, and each worker's share of the cores' threads."""
+pytest-xdist: the slowest files first, and each worker's share of the cores' threads.
+
+torch, main.py and the demo data are imported where they are used: pytest-xdist's controller loads
+this file too but runs no test, and importing them would hold up the workers' start by seconds."""
 import os
 import shutil
 
 import pytest
-import torch
-
-import main
-from dataset.demo import make_demo_dataset, make_demo_mvtec_ad_2, make_demo_visa
 
 
 def pytest_configure(config):
@@ -16,6 +15,7 @@ def pytest_configure(config):
     core each running as many threads as there are cores would oversubscribe them."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
+        import torch
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
@@ -32,16 +32,26 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)  # stable: each file's tests keep their order
 
 
+TRAIN_IMAGES = 16  # of the demo's 40 a category: a tiny run trains one step an epoch (tiny_run's batch of 20)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
+    """The demo data with every test image and the first TRAIN_IMAGES training images of each
+    category; its marker unchanged, so that --demo uses the folder as it is."""
+    from dataset.demo import DEMO_CATEGORIES, make_demo_dataset
     folder = tmp_path_factory.mktemp("demo_data")
     make_demo_dataset(folder)
+    for category in DEMO_CATEGORIES:
+        for image in sorted((folder / category / "train" / "good").iterdir())[TRAIN_IMAGES:]:
+            image.unlink()
     return folder
 
 
 @pytest.fixture(scope="session")
 def visa_dir(tmp_path_factory):
     """The demo data in VisA's released layout (split_csv/1cls.csv, JPG images, numbered PNG masks)."""
+    from dataset.demo import make_demo_visa
     folder = tmp_path_factory.mktemp("demo_visa")
     make_demo_visa(folder)
     return folder
@@ -51,6 +61,7 @@ def visa_dir(tmp_path_factory):
 def mvtec_ad_2_dir(tmp_path_factory):
     """The demo data in MVTec AD 2's released layout: train, validation, test_public with masks,
     test_private and test_private_mixed; 128x96 images."""
+    from dataset.demo import make_demo_mvtec_ad_2
     folder = tmp_path_factory.mktemp("demo_mvtec_ad_2")
     make_demo_mvtec_ad_2(folder)
     return folder
@@ -64,7 +75,7 @@ def tiny_run(demo_dir, folder, *extra):
     """
     arguments = ["--demo", f"--data_dir={demo_dir}", f"--results_dir={folder}/results",
                  f"--checkpoint_dir={folder}/checkpoints", "--image_size=32", "--epochs=1",
-                 "--categories=demo_texture", "--figures=False", *extra]
+                 "--categories=demo_texture", "--figures=False", "--batch_size=20", *extra]
     return list({argument.partition("=")[0]: argument for argument in arguments}.values())
 
 
@@ -72,6 +83,7 @@ def tiny_run(demo_dir, folder, *extra):
 def finished(tmp_path_factory, demo_dir):
     """A folder holding one finished tiny demo run (results/demo, checkpoints/demo), trained once
     for the session; tests read it, or copy it to change it."""
+    import main
     folder = tmp_path_factory.mktemp("finished")
     assert main.main(tiny_run(demo_dir, folder)) == 0
     return folder
@@ -94,7 +106,7 @@ def demo_args(tmp_path, demo_dir):
 def plain_args(demo_args):
     """The tiny demo run's settings spelled out, without --demo (a run of the user's own)."""
     def build(*extra):
-        return demo_args("--demo=False", "--backbone=resnet18", "--weights=none", "--batch_size=8", "--workers=0",
+        return demo_args("--demo=False", "--backbone=resnet18", "--weights=none", "--workers=0",
                          "--run_name=plain", *extra)
     return build
 
@@ -111,6 +123,7 @@ def no_fsync(monkeypatch):
 def torch_flags():
     """Every test leaves torch's global flags as it found them: model.engine.execution_for sets
     the deterministic algorithms and cuDNN's flags, a test may set the thread count."""
+    import torch
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.get_num_threads())
     yield

@@ -33,7 +33,7 @@ def aot_eager(monkeypatch):
 
 def test_two_categories_compile_once_and_train_as_the_eager_path(tmp_path, demo_args, capsys, aot_eager,
                                                                  monkeypatch):
-    """The second category's model, of the same shapes, runs the graphs the first compiled (40 images
+    """The second category's model, of the same shapes, runs the graphs the first compiled (16 images
     in batches of 6: a short last batch, one graph of dynamic batch); the fast path compiled gives
     the fast path's losses and metrics (the same operations, traced: they were
     equal on the 2-core CPU; the bounds are the fast path's against fp32, tests/test_engine.py, and
