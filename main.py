@@ -160,6 +160,7 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
         print(f"{category}: no checkpoint to resume from; training from the first epoch")
     if start >= training.epochs:
         return None
+    training.check_batches(len(train_files), category)
     train_set = TrainImages(train_files, category, training.image_size, alpha=training.alpha,
                             nsa_mode=training.nsa_mode, seed=training.seed, augment=training.ilm,
                             synthesis=training.synthesis)

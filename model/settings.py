@@ -81,6 +81,14 @@ class Training(Bundle):
         ])
         check_backbone(self.backbone)
 
+    def check_batches(self, images: int, category: str) -> None:
+        """Refuse batches that batch norm cannot train on: at IMAGE_SIZE=32 the bottleneck's last
+        stage has 1 x 1 features, and one image in a batch gives it a single value per channel."""
+        if self.image_size < 64 and (self.batch_size == 1 or images % self.batch_size == 1):
+            raise InputError(f"At IMAGE_SIZE={self.image_size} batch norm cannot train on a batch of one image, "
+                             f"which {images} training images of {category} in batches of {self.batch_size} "
+                             f"give; choose another BATCH_SIZE or an IMAGE_SIZE of 64 or more.")
+
 
 @dataclass(frozen=True)
 class Scoring(Bundle):
