@@ -160,7 +160,6 @@ def train_category(trainer: Trainer, category: str, train_files: list[Path], set
         print(f"{category}: no checkpoint to resume from; training from the first epoch")
     if start >= training.epochs:
         return None
-    training.check_batches(len(train_files), category)
     train_set = TrainImages(train_files, category, training.image_size, alpha=training.alpha,
                             nsa_mode=training.nsa_mode, seed=training.seed, augment=training.ilm,
                             synthesis=training.synthesis)
@@ -277,6 +276,9 @@ def run_categories(settings: Settings, folders: RunFolders, check_data: bool = T
         files = {category: with_validation(found) for category, found in files.items()}
     if check_data:
         ranks.agree(lambda: check_files({category: files[category] for category, _ in mine}))
+    if not settings.mode.eval_only:
+        for category in categories:
+            settings.training.check_batches(len(files[category].train), category)
     device = pick_device(settings.machine.device, ranks.local_rank)
     lock = RunLock(folders.checkpoints, run.run_name)
     try:

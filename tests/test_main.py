@@ -189,14 +189,16 @@ def test_a_run_that_failed_on_bad_input_can_be_rerun(tmp_path, plain_args, monke
     assert main.main(plain_args()) == 0  # not refused: the failed run wrote no result
 
 
-def test_a_batch_of_one_image_at_32_pixels_is_one_sentence(demo_args, capsys):
-    """At 32 px the bottleneck's last stage has 1 x 1 features: batch norm fails on one image."""
+def test_a_batch_of_one_image_at_32_pixels_is_one_sentence(tmp_path, demo_args, capsys):
+    """At 32 px the bottleneck's last stage has 1 x 1 features: batch norm fails on one image.
+    Refused before any folder is made."""
     for batch_size in (15, 1):  # 16 training images: a last batch of one; every batch of one
         assert main.main(demo_args(f"--batch_size={batch_size}", f"--run_name=batch{batch_size}")) == 1
         assert error_message(capsys.readouterr().err) == (
             f"error: At IMAGE_SIZE=32 batch norm cannot train on a batch of one image, which 16 training images "
             f"of demo_texture in batches of {batch_size} give; choose another BATCH_SIZE or an IMAGE_SIZE of 64 "
             f"or more.\n")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
 
 
 def test_unwritable_results_give_one_sentence_and_keep_the_metrics(tmp_path, demo_args, monkeypatch, capsys):
