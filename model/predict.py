@@ -133,8 +133,8 @@ def predict_run(settings: Settings) -> list[dict[str, Any]]:
             unreadable.update(dict.fromkeys(predict_category(settings, category, reference, files, root, device,
                                                              folders)))
     if unreadable:
-        raise InputError.listed(f"{len(unreadable)} images could not be read, the others were scored; replace or remove "
-                           f"these files:", list(unreadable))
+        raise InputError.listed(f"{len(unreadable)} images could not be read, the others were scored; replace or "
+                                f"remove these files:", list(unreadable))
     return [{"category": category, "status": "ok"} for category in plan]
 
 
@@ -149,6 +149,7 @@ def export_run(settings: Settings) -> list[dict[str, Any]]:
         for category, reference in plan.items():
             model, _, _ = trained_model(cpu, category, torch.device("cpu"), folders)
             path = folders.results / "export" / f"{category}.onnx"
-            export_onnx(model, cpu.scoring, Decision.of(reference), cpu.training.seed, cpu.training.image_size, cpu.record(), path)
+            export_onnx(model, cpu.scoring, Decision.of(reference), cpu.training.seed, cpu.training.image_size,
+                        cpu.record(), path)
             print(f"{category}: {path} and {path.with_suffix('.json')}")
     return [{"category": category, "status": "ok"} for category in plan]

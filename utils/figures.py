@@ -7,8 +7,8 @@ Figures: Fig. 6 `figure_score_density`, Fig. 7 `figure_examples`, ROC curves
 scored with --predict, `figure_overlay`.
 Figures are `matplotlib.figure.Figure` objects rendered by Agg, never registered with
 pyplot: no global state, no backend to select, and each is freed once saved. matplotlib
-is imported at the first figure (`_figure`): a process that draws none (FIGURES=False, the
-ranks of torchrun, --predict) starts half a second sooner.
+is imported at the first figure (`_figure`): a process that draws none (a run with
+FIGURES=False, --export, --help) starts half a second sooner.
 """
 from __future__ import annotations
 
@@ -66,10 +66,10 @@ def figure_score_density(pred: Predictions, path: Path) -> None:
     Scores are min-max normalised over the test set, as the paper's axis runs from 0 to
     1; a histogram (density) under a Gaussian KDE per class.
     """
+    from scipy.stats import gaussian_kde  # here, as matplotlib is: only a process that draws loads it
     scores = pred.scores.astype(np.float64)                            # (N,)
     span = scores.max() - scores.min()
     normalised = (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
-    from scipy.stats import gaussian_kde
     figure = _figure(5.6, 3.8)
     axes = figure.add_subplot()
     grid = np.linspace(0.0, 1.0, 400)
